@@ -1,0 +1,1 @@
+//! JWKS sources and cache (in progress).
