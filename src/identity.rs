@@ -50,10 +50,9 @@ impl TrustDomain {
         if name.len() > MAX_TRUST_DOMAIN_LEN {
             return Err(IdentityError::TrustDomainTooLong);
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
-        {
+        if !name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        }) {
             return Err(IdentityError::TrustDomainChars);
         }
         Ok(Self(name.to_string()))

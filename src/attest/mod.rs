@@ -49,7 +49,9 @@ pub struct ParentCredential {
 }
 
 /// The `src` value: base64url of the first 128 bits of SHA-256(attestor ‖ 0 ‖ subject).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct SourceId(pub String);
 

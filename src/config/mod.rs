@@ -47,7 +47,9 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        units::parse_duration(&text).map(Dur).map_err(de::Error::custom)
+        units::parse_duration(&text)
+            .map(Dur)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -518,11 +520,19 @@ impl Validator<'_> {
 
         let mut server = raw.server;
         if server.listen.is_none() && server.listen_http.is_none() {
-            return Err(self.err("server", "listen", "set `listen` (HTTPS), `listen_http`, or both"));
+            return Err(self.err(
+                "server",
+                "listen",
+                "set `listen` (HTTPS), `listen_http`, or both",
+            ));
         }
         if server.listen.is_some() {
             let cert = server.tls_cert.as_ref().ok_or_else(|| {
-                self.err("server", "tls_cert", "required when `listen` (HTTPS) is set")
+                self.err(
+                    "server",
+                    "tls_cert",
+                    "required when `listen` (HTTPS) is set",
+                )
             })?;
             let key = server.tls_key.as_ref().ok_or_else(|| {
                 self.err("server", "tls_key", "required when `listen` (HTTPS) is set")
@@ -536,7 +546,11 @@ impl Validator<'_> {
 
         let mut jwt = raw.jwt;
         if jwt.signing_keys.is_empty() {
-            return Err(self.err("jwt", "signing_keys", "at least one signing key is required"));
+            return Err(self.err(
+                "jwt",
+                "signing_keys",
+                "at least one signing key is required",
+            ));
         }
         jwt.signing_keys = jwt.signing_keys.iter().map(|p| self.resolve(p)).collect();
         self.check_ttls("jwt", jwt.default_ttl, jwt.max_ttl, MAX_CREDENTIAL_TTL)?;
@@ -560,19 +574,36 @@ impl Validator<'_> {
             return Err(self.err("revocation", "redis_url", "required when store = \"redis\""));
         }
         if let Some(url) = &revocation.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
-                return Err(self.err("revocation", "redis_url", "must be a redis:// or rediss:// URL"));
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+            {
+                return Err(self.err(
+                    "revocation",
+                    "redis_url",
+                    "must be a redis:// or rediss:// URL",
+                ));
             }
         }
 
         let admin = raw.admin;
         if let Some(h) = &admin.token_sha256 {
-            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-                return Err(self.err("admin", "token_sha256", "must be 64 lowercase hex digits (sha256 of the token)"));
+            if h.len() != 64
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(self.err(
+                    "admin",
+                    "token_sha256",
+                    "must be 64 lowercase hex digits (sha256 of the token)",
+                ));
             }
         }
         for id in &admin.spiffe_ids {
-            SpiffeId::parse(id).map_err(|e| self.err("admin", "spiffe_ids", format!("{id:?}: {e}")))?;
+            SpiffeId::parse(id)
+                .map_err(|e| self.err("admin", "spiffe_ids", format!("{id:?}: {e}")))?;
         }
 
         let mut names = HashSet::new();
@@ -583,7 +614,11 @@ impl Validator<'_> {
                 return Err(self.err(table, "name", "must not be empty"));
             }
             if a.name == "svid" || a.kind == AttestorKind::Svid {
-                return Err(self.err(table, "name", "\"svid\" is built in and cannot be configured"));
+                return Err(self.err(
+                    table,
+                    "name",
+                    "\"svid\" is built in and cannot be configured",
+                ));
             }
             if !names.insert(a.name.clone()) {
                 return Err(self.err(table, "name", "duplicate attestor name"));
@@ -607,7 +642,13 @@ impl Validator<'_> {
             }
             match &r.owner {
                 Some(o) if !o.trim().is_empty() => {}
-                _ => return Err(self.err(table, "owner", "every rule must name an owner (the team or person responsible)")),
+                _ => {
+                    return Err(self.err(
+                        table,
+                        "owner",
+                        "every rule must name an owner (the team or person responsible)",
+                    ));
+                }
             }
             for att in r.attestor.to_vec() {
                 if att != "svid" && !names.contains(&att) {
@@ -624,23 +665,37 @@ impl Validator<'_> {
                 let limit = config_ttl(*c);
                 if let Some(max) = r.max_ttl {
                     if max > limit {
-                        return Err(self.err(table.clone(), "max_ttl", format!("exceeds the [{}] max_ttl", c.as_str())));
+                        return Err(self.err(
+                            table.clone(),
+                            "max_ttl",
+                            format!("exceeds the [{}] max_ttl", c.as_str()),
+                        ));
                     }
                 }
                 if let Some(def) = r.default_ttl {
                     if def > limit || r.max_ttl.is_some_and(|m| def > m) {
-                        return Err(self.err(table.clone(), "default_ttl", "exceeds the applicable max_ttl"));
+                        return Err(self.err(
+                            table.clone(),
+                            "default_ttl",
+                            "exceeds the applicable max_ttl",
+                        ));
                     }
                 }
             }
             if let Some(cidrs) = &r.source_cidrs {
                 for c in cidrs {
-                    c.parse::<ipnet::IpNet>()
-                        .map_err(|_| self.err(table.clone(), "source_cidrs", format!("{c:?} is not a CIDR")))?;
+                    c.parse::<ipnet::IpNet>().map_err(|_| {
+                        self.err(
+                            table.clone(),
+                            "source_cidrs",
+                            format!("{c:?} is not a CIDR"),
+                        )
+                    })?;
                 }
             }
             for id in r.delegate.iter().chain(&r.deny_in_chain) {
-                SpiffeId::parse(id).map_err(|e| self.err(table.clone(), "delegate", format!("{id:?}: {e}")))?;
+                SpiffeId::parse(id)
+                    .map_err(|e| self.err(table.clone(), "delegate", format!("{id:?}: {e}")))?;
             }
         }
 
@@ -666,7 +721,13 @@ impl Validator<'_> {
         })
     }
 
-    fn check_ttls(&self, table: &str, default: Dur, max: Dur, limit: Duration) -> Result<(), ConfigError> {
+    fn check_ttls(
+        &self,
+        table: &str,
+        default: Dur,
+        max: Dur,
+        limit: Duration,
+    ) -> Result<(), ConfigError> {
         if max.0 > limit {
             return Err(self.err(table, "max_ttl", "must be at most 24h"));
         }
@@ -688,16 +749,32 @@ impl Validator<'_> {
                 if a.issuer.as_deref().unwrap_or("").is_empty() {
                     return Err(self.err(table, "issuer", "required for kind = \"jwt\""));
                 }
-                let sources = [a.jwks_url.is_some(), a.jwks_file.is_some(), a.jwks.is_some()]
-                    .iter()
-                    .filter(|s| **s)
-                    .count();
+                let sources = [
+                    a.jwks_url.is_some(),
+                    a.jwks_file.is_some(),
+                    a.jwks.is_some(),
+                ]
+                .iter()
+                .filter(|s| **s)
+                .count();
                 if sources != 1 {
-                    return Err(self.err(table, "jwks_url", "set exactly one of jwks_url, jwks_file, jwks"));
+                    return Err(self.err(
+                        table,
+                        "jwks_url",
+                        "set exactly one of jwks_url, jwks_file, jwks",
+                    ));
                 }
                 if let Some(url) = &a.jwks_url {
-                    if !url.starts_with("https://") && !url.starts_with("http://127.") && !url.starts_with("http://localhost") && !url.starts_with("http://[::1]") {
-                        return Err(self.err(table, "jwks_url", "must be https:// (plain http only on loopback)"));
+                    if !url.starts_with("https://")
+                        && !url.starts_with("http://127.")
+                        && !url.starts_with("http://localhost")
+                        && !url.starts_with("http://[::1]")
+                    {
+                        return Err(self.err(
+                            table,
+                            "jwks_url",
+                            "must be https:// (plain http only on loopback)",
+                        ));
                     }
                 }
                 if a.audiences.is_empty() {
@@ -709,7 +786,11 @@ impl Validator<'_> {
                     }
                     for alg in algs {
                         if !crate::attest::jwt::ALLOWED_ALGORITHMS.contains(&alg.as_str()) {
-                            return Err(self.err(table, "algorithms", format!("{alg:?} is not allowed (`none` and HS* never are)")));
+                            return Err(self.err(
+                                table,
+                                "algorithms",
+                                format!("{alg:?} is not allowed (`none` and HS* never are)"),
+                            ));
                         }
                     }
                 }
@@ -735,8 +816,15 @@ fn apply_preset(a: &mut AttestorConfig, preset: &str) -> Result<(), String> {
             "https://token.actions.githubusercontent.com",
             "https://token.actions.githubusercontent.com/.well-known/jwks",
         ),
-        "gitlab" => ("https://gitlab.com", "https://gitlab.com/oauth/discovery/keys"),
-        other => return Err(format!("unknown preset {other:?} (known: github-actions, gitlab)")),
+        "gitlab" => (
+            "https://gitlab.com",
+            "https://gitlab.com/oauth/discovery/keys",
+        ),
+        other => {
+            return Err(format!(
+                "unknown preset {other:?} (known: github-actions, gitlab)"
+            ));
+        }
     };
     if a.issuer.is_none() {
         a.issuer = Some(issuer.into());

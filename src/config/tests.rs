@@ -19,7 +19,10 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 fn minimal_config_gets_defaults_and_resolves_paths() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.jwt.default_ttl.0, Duration::from_secs(300));
-    assert_eq!(c.jwt.signing_keys[0], PathBuf::from("/etc/credbroker/jwt.key"));
+    assert_eq!(
+        c.jwt.signing_keys[0],
+        PathBuf::from("/etc/credbroker/jwt.key")
+    );
     assert_eq!(c.server.max_body.0, 65536);
     assert_eq!(c.revocation.max_staleness.0, Duration::from_secs(5));
 }
@@ -37,15 +40,24 @@ fn rule_without_owner_is_an_error_naming_the_rule_and_key() {
 
 #[test]
 fn unknown_keys_and_bad_durations_are_errors_with_the_file_name() {
-    let err = parse(&MINIMAL.replace("[jwt]", "[jwt]\nmax_tll = \"1h\"")).unwrap_err().to_string();
-    assert!(err.contains("max_tll") && err.contains("broker.toml"), "{err}");
-    let err = parse(&MINIMAL.replace("[jwt]", "[jwt]\ndefault_ttl = \"5 minutes\"")).unwrap_err().to_string();
+    let err = parse(&MINIMAL.replace("[jwt]", "[jwt]\nmax_tll = \"1h\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_tll") && err.contains("broker.toml"),
+        "{err}"
+    );
+    let err = parse(&MINIMAL.replace("[jwt]", "[jwt]\ndefault_ttl = \"5 minutes\""))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("invalid duration"), "{err}");
 }
 
 #[test]
 fn ttls_over_the_limits_are_refused() {
-    let err = parse(&MINIMAL.replace("[jwt]", "[jwt]\nmax_ttl = \"25h\"")).unwrap_err().to_string();
+    let err = parse(&MINIMAL.replace("[jwt]", "[jwt]\nmax_ttl = \"25h\""))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("[jwt] max_ttl"), "{err}");
 }
 

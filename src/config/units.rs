@@ -18,7 +18,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!("invalid duration {text:?}: expected a number like \"30s\", \"5m\" or \"1h\""));
+            return Err(format!(
+                "invalid duration {text:?}: expected a number like \"30s\", \"5m\" or \"1h\""
+            ));
         }
         let value: u64 = rest[..digits]
             .parse()
@@ -33,8 +35,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(value.saturating_mul(60)),
             "h" => Duration::from_secs(value.saturating_mul(3600)),
             "d" => Duration::from_secs(value.saturating_mul(86_400)),
-            "" => return Err(format!("invalid duration {text:?}: missing unit (ms, s, m, h or d)")),
-            other => return Err(format!("invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)")),
+            "" => {
+                return Err(format!(
+                    "invalid duration {text:?}: missing unit (ms, s, m, h or d)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+                ));
+            }
         };
         total = total.saturating_add(part);
     }
@@ -60,7 +70,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
-        return Err(format!("invalid size {text:?}: expected a number like \"64KiB\""));
+        return Err(format!(
+            "invalid size {text:?}: expected a number like \"64KiB\""
+        ));
     }
     let value: u64 = text[..digits]
         .parse()
@@ -71,7 +83,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KB" => 1000,
         "MiB" | "M" => 1024 * 1024,
         "MB" => 1_000_000,
-        other => return Err(format!("invalid size {text:?}: unknown unit {other:?} (use B, KiB or MiB)")),
+        other => {
+            return Err(format!(
+                "invalid size {text:?}: unknown unit {other:?} (use B, KiB or MiB)"
+            ));
+        }
     };
     value
         .checked_mul(factor)
