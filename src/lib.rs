@@ -8,6 +8,7 @@
 
 pub mod attest;
 pub mod broker;
+pub mod claims;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -17,5 +18,6 @@ pub mod identity;
 pub mod issue;
 pub mod policy;
 pub mod revoke;
+pub mod server;
 pub mod store;
 pub mod tls;

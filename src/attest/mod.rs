@@ -5,7 +5,9 @@
 //! the claims that policy rules match on, plus the attested subject and source.
 
 pub mod jwks;
+pub mod join_token;
 pub mod jwt;
+pub mod svid;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -1,1 +1,125 @@
-//! (in progress)
+//! The `credbroker` command line: one file per subcommand.
+//!
+//! Every command exits 0 on success, and otherwise prints one clear line on stderr and
+//! exits non-zero (2 for usage errors, which clap reports).
+
+mod dev;
+mod keys;
+mod policy;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::LogFormat;
+
+/// A short-lived credential broker for machine callers.
+#[derive(Debug, Parser)]
+#[command(name = "credbroker", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker from a config file.
+    Serve(serve::ServeArgs),
+    /// Zero-config broker for trying credbroker locally: keys, demo issuer, printed commands.
+    Dev(dev::DevArgs),
+    /// Key material.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Check or explain a policy offline.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+}
+
+/// A command's failure: the one line printed on stderr, and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl CliError {
+    /// A failure with exit code 1.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError::new(e.to_string())
+    }
+}
+
+/// Runs the command line; the binary's `main` is only this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("credbroker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::Keys(cmd) => keys::run(cmd),
+            Command::Policy(cmd) => policy::run(cmd),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("credbroker: {}", e.message.lines().collect::<Vec<_>>().join(" "));
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// Sets up `tracing` output: `CREDBROKER_LOG` (or `RUST_LOG`) filters, default `info`.
+pub fn init_logging(format: LogFormat) {
+    let filter = std::env::var("CREDBROKER_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,1 +1,116 @@
-//! (in progress)
+//! The HTTP doors: one file per endpoint group, one error mapping (`error.rs`).
+//!
+//! Handlers are thin: they parse the request into the broker's types, call the broker,
+//! and render the result. Connection facts (caller address, client certificate) arrive
+//! as a request extension set by the accept loop in `server.rs`.
+
+pub mod error;
+pub mod ops;
+pub mod listener;
+pub mod token;
+pub mod wellknown;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::broker::{Broker, Caller};
+use crate::tls::{PeerCertificates, thumbprint};
+use error::ApiError;
+
+/// What every handler can reach: the broker and the metrics renderer.
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Arc<Broker>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: Option<SocketAddr>,
+    /// The client's certificate chain, when it presented one over TLS.
+    pub peer_certs: Option<PeerCertificates>,
+}
+
+impl ConnInfo {
+    /// The broker's view of the caller.
+    pub fn caller(&self) -> Caller {
+        Caller {
+            addr: self.remote.map(|a| a.ip()),
+            cert_thumbprint: self
+                .peer_certs
+                .as_ref()
+                .and_then(PeerCertificates::leaf)
+                .map(|c| thumbprint(c)),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ConnInfo {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<ConnInfo>().cloned().unwrap_or(ConnInfo {
+            remote: None,
+            peer_certs: None,
+        }))
+    }
+}
+
+/// A request body read up to `[server] max_body`; larger bodies get 413 with a JSON error.
+pub struct LimitedBody(pub Bytes);
+
+impl FromRequest<AppState> for LimitedBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request<Body>, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.broker.config().server.max_body.0 as usize;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                format!("request body is larger than the {limit}-byte limit"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(too_large());
+        }
+        axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map(LimitedBody)
+            .map_err(|_| too_large())
+    }
+}
+
+/// The content type of a request, without parameters, lowercased.
+pub fn media_type(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next()?.trim().to_ascii_lowercase())
+}
+
+/// The complete router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/token", post(token::token))
+        .route("/.well-known/jwks.json", get(wellknown::jwks))
+        .route("/.well-known/openid-configuration", get(wellknown::metadata))
+        .route("/.well-known/oauth-authorization-server", get(wellknown::metadata))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::not_found() })
+        .with_state(state)
+}

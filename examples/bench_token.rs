@@ -1,0 +1,196 @@
+//! Token-exchange throughput and latency, beside the raw crypto ceiling (SPEC §11).
+//!
+//! `cargo run --release --example bench_token [-- SECONDS]`
+//!
+//! 1. The ceiling: one RS256 verify (the platform token) + one ES256 sign (our JWT),
+//!    with the same library the broker uses (josekit/OpenSSL) and with ring, on one
+//!    core and on all cores.
+//! 2. The real endpoint: a broker in this process serving plain HTTP on loopback,
+//!    driven over keep-alive connections at concurrency 1, 16 and 64, with the memory
+//!    store and (if `redis-server` is on PATH) a Redis store.
+
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
+use std::time::Duration;
+
+use bench_support::{BenchBroker, BenchRedis, all_cores, drive, one_core};
+use josekit::jws::{ES256, JwsHeader, RS256};
+use josekit::jwt::{self, JwtPayload};
+use serde_json::{Map, Value, json};
+
+const ISSUER: &str = "https://ci.bench";
+
+fn main() {
+    let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4);
+    let level_time = Duration::from_secs(seconds);
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // The platform issuer and a token it signed.
+    let rsa = RS256.generate_key_pair(2048).expect("rsa");
+    let mut rsa_private = rsa.to_jwk_private_key();
+    rsa_private.set_key_id("bench-1");
+    let mut rsa_public = rsa.to_jwk_public_key();
+    rsa_public.set_key_id("bench-1");
+    std::fs::write(
+        dir.path().join("bench-jwks.json"),
+        serde_json::to_vec(&json!({"keys": [serde_json::to_value(rsa_public.as_ref()).unwrap()]})).unwrap(),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims: Map<String, Value> = match json!({
+        "iss": ISSUER, "aud": "credbroker", "sub": "repo:acme/web:ref:refs/heads/main",
+        "repository": "acme/web", "ref": "refs/heads/main",
+        "iat": now, "nbf": now, "exp": now + 3600,
+    }) {
+        Value::Object(m) => m,
+        _ => unreachable!(),
+    };
+    let mut header = JwsHeader::new();
+    header.set_token_type("JWT");
+    header.set_key_id("bench-1");
+    let signer = RS256.signer_from_jwk(&rsa_private).unwrap();
+    let platform_token =
+        jwt::encode_with_signer(&JwtPayload::from_map(claims.clone()).unwrap(), &header, &signer).unwrap();
+
+    // ---- 1. the crypto ceiling
+    let verifier = std::sync::Arc::new(RS256.verifier_from_jwk(&rsa_public).unwrap());
+    let ec = ES256.generate_key_pair().unwrap();
+    let ec_signer = std::sync::Arc::new(ES256.signer_from_der(ec.to_der_private_key()).unwrap());
+    let token_j = platform_token.clone();
+    let josekit_op = move || {
+        let _ = jwt::decode_with_verifier(&token_j, verifier.as_ref()).unwrap();
+        let mut h = JwsHeader::new();
+        h.set_token_type("JWT");
+        let _ = jwt::encode_with_signer(&JwtPayload::new(), &h, ec_signer.as_ref()).unwrap();
+    };
+    let ring_op = ring_ceiling(&rsa, &platform_token);
+    let ceiling_time = Duration::from_secs(2);
+    let josekit_one = one_core(ceiling_time, josekit_op.clone());
+    let josekit_all = all_cores(ceiling_time, josekit_op);
+    let ring_one = one_core(ceiling_time, ring_op.clone());
+    let ring_all = all_cores(ceiling_time, ring_op);
+    let ceiling = josekit_all.max(ring_all);
+    println!("== crypto ceiling: one RS256 verify + one ES256 sign per operation");
+    println!("   josekit/OpenSSL: {josekit_one:>8.0}/s one core   {josekit_all:>8.0}/s all cores");
+    println!("   ring:            {ring_one:>8.0}/s one core   {ring_all:>8.0}/s all cores");
+    println!("   ceiling used for ratios (best all-core): {ceiling:.0}/s");
+
+    // ---- 2. the real endpoint
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_credbroker"))
+        .args(["keys", "generate", "--out"])
+        .arg(dir.path())
+        .output()
+        .ok();
+    let keys_ok = out.as_ref().is_some_and(|o| o.status.success());
+    if !keys_ok {
+        credbroker::issue::keygen::generate(&credbroker::issue::keygen::KeygenOptions {
+            out: dir.path().to_path_buf(),
+            trust_domain: "example.org".into(),
+            sans: vec![],
+            intermediate: false,
+        })
+        .expect("keys");
+    }
+    let redis = BenchRedis::start();
+    let mut stores = vec![("memory", "store = \"memory\"".to_string())];
+    match &redis {
+        Some(r) => stores.push(("redis", format!("store = \"redis\"\nredis_url = \"{}\"", r.url))),
+        None => println!("(redis-server not on PATH: skipping the Redis store run)"),
+    }
+    for (name, store) in stores {
+        let config_path = dir.path().join(format!("bench-{name}.toml"));
+        std::fs::write(&config_path, config(&store)).unwrap();
+        let broker = BenchBroker::start(&config_path);
+        let url = format!("http://{}/v1/token", broker.http);
+        println!("\n== POST /v1/token, token exchange, {name} store, plain HTTP keep-alive on loopback");
+        println!("   {:>5} {:>10} {:>9} {:>9} {:>9} {:>8}", "conns", "tokens/s", "p50 ms", "p99 ms", "ceiling%", "errors");
+        for conns in [1usize, 16, 64] {
+            let url = url.clone();
+            let token = platform_token.clone();
+            let result = drive(conns, level_time, 2_000_000, move |client| {
+                let url = url.clone();
+                let token = token.clone();
+                async move {
+                    let form = [
+                        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+                        ("subject_token", token.as_str()),
+                        ("audience", "deploy-api"),
+                    ];
+                    match client.post(&url).form(&form).send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            });
+            println!(
+                "   {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}",
+                conns,
+                result.rate(),
+                result.percentile_ms(50.0),
+                result.percentile_ms(99.0),
+                100.0 * result.rate() / ceiling,
+                result.failed
+            );
+        }
+        drop(broker);
+    }
+}
+
+fn config(store: &str) -> String {
+    format!(
+        r#"trust_domain = "example.org"
+issuer = "https://broker.bench"
+[server]
+listen_http = "127.0.0.1:0"
+[jwt]
+signing_keys = ["jwt-es256.key"]
+[revocation]
+{store}
+[[attestor]]
+name = "ci"
+kind = "jwt"
+issuer = "{ISSUER}"
+jwks_file = "bench-jwks.json"
+audiences = ["credbroker"]
+[[rule]]
+name = "deploy"
+attestor = "ci"
+owner = "team-bench"
+match = {{ "/repository" = "acme/*", "/ref" = "refs/heads/main" }}
+spiffe_id = "spiffe://example.org/ci/{{/repository}}"
+audiences = ["deploy-api"]
+"#
+    )
+}
+
+/// The same operation with ring: RS256 verify with the RSA public key, ES256 sign.
+fn ring_ceiling(rsa: &josekit::jws::alg::rsassa::RsassaJwsKeyPair, token: &str) -> impl Fn() + Clone + Send + Sync + 'static {
+    use ring::signature::{self, KeyPair};
+    let public_der = rsa.to_der_public_key();
+    // SubjectPublicKeyInfo → the RSAPublicKey inside it, which ring takes.
+    let spki = x509_parser::x509::SubjectPublicKeyInfo::from_der(&public_der)
+        .map(|(_, s)| s.subject_public_key.data.to_vec())
+        .expect("spki");
+    let (signing_input, sig) = token.rsplit_once('.').expect("jws");
+    let sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
+    let signing_input = signing_input.as_bytes().to_vec();
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let ec = std::sync::Arc::new(
+        signature::EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap(),
+    );
+    let _ = ec.public_key();
+    let spki = std::sync::Arc::new(spki);
+    let signing_input = std::sync::Arc::new(signing_input);
+    let sig = std::sync::Arc::new(sig);
+    move || {
+        let key = signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, spki.as_slice());
+        key.verify(&signing_input, &sig).unwrap();
+        let _ = ec.sign(&ring::rand::SystemRandom::new(), b"header.payload").unwrap();
+    }
+}

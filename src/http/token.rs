@@ -1,0 +1,235 @@
+//! `POST /v1/token`: RFC 8693 token exchange and `client_credentials` over mTLS.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::error::{ApiError, Door};
+use super::{AppState, ConnInfo, LimitedBody, media_type};
+use crate::attest::join_token::JOIN_TOKEN_TYPE;
+use crate::broker::{Ask, IssuedToken, PresentedToken};
+
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Parameters that may appear at most once (RFC 6749 §3.2: "MUST NOT be included more than once").
+const SINGLE_VALUED: &[&str] = &[
+    "grant_type",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "requested_token_type",
+    "scope",
+    "ttl",
+];
+
+/// The parsed form of a token request.
+#[derive(Default)]
+pub struct TokenForm {
+    pub grant_type: Option<String>,
+    pub subject_token: Option<String>,
+    pub subject_token_type: Option<String>,
+    pub actor_token: Option<String>,
+    pub actor_token_type: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub scope: Option<String>,
+    pub ttl: Option<String>,
+    pub audiences: Vec<String>,
+}
+
+impl TokenForm {
+    /// Parses an urlencoded body. Unknown parameters are ignored, as RFC 6749 §3.1 requires.
+    pub fn parse(body: &[u8]) -> Result<TokenForm, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|_| ApiError::invalid_request("the body is not valid form-urlencoded data"))?;
+        let mut form = TokenForm::default();
+        for (name, value) in pairs {
+            if SINGLE_VALUED.contains(&name.as_str()) {
+                let slot = match name.as_str() {
+                    "grant_type" => &mut form.grant_type,
+                    "subject_token" => &mut form.subject_token,
+                    "subject_token_type" => &mut form.subject_token_type,
+                    "actor_token" => &mut form.actor_token,
+                    "actor_token_type" => &mut form.actor_token_type,
+                    "requested_token_type" => &mut form.requested_token_type,
+                    "scope" => &mut form.scope,
+                    _ => &mut form.ttl,
+                };
+                if slot.is_some() {
+                    return Err(ApiError::invalid_request(format!(
+                        "parameter `{name}` is given more than once"
+                    )));
+                }
+                *slot = Some(value);
+            } else if name == "audience" || name == "resource" {
+                if value.is_empty() {
+                    return Err(ApiError::invalid_request(format!("parameter `{name}` is empty")));
+                }
+                if !form.audiences.contains(&value) {
+                    form.audiences.push(value);
+                }
+            }
+        }
+        Ok(form)
+    }
+
+    fn ask(&self) -> Result<Ask, ApiError> {
+        let scopes = self
+            .scope
+            .as_deref()
+            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect())
+            .unwrap_or_default();
+        let ttl = match self.ttl.as_deref() {
+            None => None,
+            Some(t) => match t.parse::<u64>() {
+                Ok(secs) if secs > 0 => Some(Duration::from_secs(secs)),
+                _ => {
+                    return Err(ApiError::invalid_request(
+                        "parameter `ttl` must be a positive number of seconds",
+                    ));
+                }
+            },
+        };
+        if let Some(t) = self.requested_token_type.as_deref() {
+            if t != TOKEN_TYPE_JWT && t != TOKEN_TYPE_ACCESS_TOKEN {
+                return Err(ApiError::invalid_request(format!(
+                    "requested_token_type {:?} is not supported; use {TOKEN_TYPE_JWT} or {TOKEN_TYPE_ACCESS_TOKEN}",
+                    truncate(t)
+                )));
+            }
+        }
+        Ok(Ask {
+            audiences: self.audiences.clone(),
+            scopes,
+            ttl,
+        })
+    }
+}
+
+/// The RFC 8693 §2.2.1 success response.
+#[derive(Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub issued_token_type: &'static str,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+impl TokenResponse {
+    fn new(issued: IssuedToken) -> Self {
+        TokenResponse {
+            access_token: issued.token,
+            issued_token_type: TOKEN_TYPE_JWT,
+            token_type: "Bearer",
+            expires_in: issued.expires_in,
+            scope: (!issued.scopes.is_empty()).then(|| issued.scopes.join(" ")),
+        }
+    }
+}
+
+impl IntoResponse for TokenResponse {
+    fn into_response(self) -> Response {
+        let mut response = (StatusCode::OK, Json(self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        response
+    }
+}
+
+/// `POST /v1/token`.
+pub async fn token(
+    State(state): State<AppState>,
+    conn: ConnInfo,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> Result<TokenResponse, ApiError> {
+    if media_type(&headers).as_deref() != Some("application/x-www-form-urlencoded") {
+        return Err(ApiError::invalid_request(
+            "the token endpoint takes application/x-www-form-urlencoded",
+        ));
+    }
+    let form = TokenForm::parse(&body)?;
+    let grant_type = form
+        .grant_type
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid_request("missing parameter `grant_type`"))?;
+    match grant_type {
+        GRANT_TOKEN_EXCHANGE => token_exchange(&state, &conn, &form).await,
+        GRANT_CLIENT_CREDENTIALS => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client_credentials requires a client certificate over mTLS, which this broker does not accept yet",
+        )),
+        other => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!(
+                "grant_type {:?} is not supported; use {GRANT_TOKEN_EXCHANGE} or {GRANT_CLIENT_CREDENTIALS}",
+                truncate(other)
+            ),
+        )),
+    }
+}
+
+async fn token_exchange(
+    state: &AppState,
+    conn: &ConnInfo,
+    form: &TokenForm,
+) -> Result<TokenResponse, ApiError> {
+    let subject_token = form
+        .subject_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::invalid_request("missing parameter `subject_token`"))?;
+    let subject_type = form
+        .subject_token_type
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid_request("missing parameter `subject_token_type`"))?;
+    let subject = presented_token(subject_token, subject_type, "subject_token_type")?;
+    if form.actor_token.is_some() || form.actor_token_type.is_some() {
+        return Err(ApiError::invalid_request(
+            "delegation with `actor_token` is not enabled on this broker",
+        ));
+    }
+    let ask = form.ask()?;
+    let caller = conn.caller();
+    state
+        .broker
+        .exchange(&subject, &ask, &caller)
+        .await
+        .map(TokenResponse::new)
+        .map_err(|e| ApiError::from_broker(&e, Door::TokenExchange))
+}
+
+/// Classifies a presented token by its RFC 8693 token type.
+pub fn presented_token(
+    token: &str,
+    token_type: &str,
+    parameter: &str,
+) -> Result<PresentedToken, ApiError> {
+    match token_type {
+        TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN | TOKEN_TYPE_ACCESS_TOKEN => {
+            Ok(PresentedToken::Jwt(token.to_string()))
+        }
+        JOIN_TOKEN_TYPE => Ok(PresentedToken::JoinToken(token.to_string())),
+        other => Err(ApiError::invalid_request(format!(
+            "{parameter} {:?} is not supported; use {TOKEN_TYPE_JWT}, {TOKEN_TYPE_ID_TOKEN} or {JOIN_TOKEN_TYPE}",
+            truncate(other)
+        ))),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(100).collect()
+}
