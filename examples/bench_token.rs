@@ -22,7 +22,10 @@ use serde_json::{Map, Value, json};
 const ISSUER: &str = "https://ci.bench";
 
 fn main() {
-    let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4);
+    let seconds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
     let level_time = Duration::from_secs(seconds);
     let dir = tempfile::tempdir().expect("tempdir");
 
@@ -34,7 +37,8 @@ fn main() {
     rsa_public.set_key_id("bench-1");
     std::fs::write(
         dir.path().join("bench-jwks.json"),
-        serde_json::to_vec(&json!({"keys": [serde_json::to_value(rsa_public.as_ref()).unwrap()]})).unwrap(),
+        serde_json::to_vec(&json!({"keys": [serde_json::to_value(rsa_public.as_ref()).unwrap()]}))
+            .unwrap(),
     )
     .unwrap();
     let now = std::time::SystemTime::now()
@@ -53,8 +57,12 @@ fn main() {
     header.set_token_type("JWT");
     header.set_key_id("bench-1");
     let signer = RS256.signer_from_jwk(&rsa_private).unwrap();
-    let platform_token =
-        jwt::encode_with_signer(&JwtPayload::from_map(claims.clone()).unwrap(), &header, &signer).unwrap();
+    let platform_token = jwt::encode_with_signer(
+        &JwtPayload::from_map(claims.clone()).unwrap(),
+        &header,
+        &signer,
+    )
+    .unwrap();
 
     // ---- 1. the crypto ceiling
     let verifier = std::sync::Arc::new(RS256.verifier_from_jwk(&rsa_public).unwrap());
@@ -98,7 +106,10 @@ fn main() {
     let redis = BenchRedis::start();
     let mut stores = vec![("memory", "store = \"memory\"".to_string())];
     match &redis {
-        Some(r) => stores.push(("redis", format!("store = \"redis\"\nredis_url = \"{}\"", r.url))),
+        Some(r) => stores.push((
+            "redis",
+            format!("store = \"redis\"\nredis_url = \"{}\"", r.url),
+        )),
         None => println!("(redis-server not on PATH: skipping the Redis store run)"),
     }
     for (name, store) in stores {
@@ -106,8 +117,13 @@ fn main() {
         std::fs::write(&config_path, config(&store)).unwrap();
         let broker = BenchBroker::start(&config_path);
         let url = format!("http://{}/v1/token", broker.http);
-        println!("\n== POST /v1/token, token exchange, {name} store, plain HTTP keep-alive on loopback");
-        println!("   {:>5} {:>10} {:>9} {:>9} {:>9} {:>8}", "conns", "tokens/s", "p50 ms", "p99 ms", "ceiling%", "errors");
+        println!(
+            "\n== POST /v1/token, token exchange, {name} store, plain HTTP keep-alive on loopback"
+        );
+        println!(
+            "   {:>5} {:>10} {:>9} {:>9} {:>9} {:>8}",
+            "conns", "tokens/s", "p50 ms", "p99 ms", "ceiling%", "errors"
+        );
         for conns in [1usize, 16, 64] {
             let url = url.clone();
             let token = platform_token.clone();
@@ -116,7 +132,10 @@ fn main() {
                 let token = token.clone();
                 async move {
                     let form = [
-                        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                        (
+                            "grant_type",
+                            "urn:ietf:params:oauth:grant-type:token-exchange",
+                        ),
                         ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
                         ("subject_token", token.as_str()),
                         ("audience", "deploy-api"),
@@ -169,7 +188,10 @@ audiences = ["deploy-api"]
 }
 
 /// The same operation with ring: RS256 verify with the RSA public key, ES256 sign.
-fn ring_ceiling(rsa: &josekit::jws::alg::rsassa::RsassaJwsKeyPair, token: &str) -> impl Fn() + Clone + Send + Sync + 'static {
+fn ring_ceiling(
+    rsa: &josekit::jws::alg::rsassa::RsassaJwsKeyPair,
+    token: &str,
+) -> impl Fn() + Clone + Send + Sync + 'static {
     use ring::signature::{self, KeyPair};
     let public_der = rsa.to_der_public_key();
     // SubjectPublicKeyInfo → the RSAPublicKey inside it, which ring takes.
@@ -177,20 +199,33 @@ fn ring_ceiling(rsa: &josekit::jws::alg::rsassa::RsassaJwsKeyPair, token: &str) 
         .map(|(_, s)| s.subject_public_key.data.to_vec())
         .expect("spki");
     let (signing_input, sig) = token.rsplit_once('.').expect("jws");
-    let sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
+    let sig =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
     let signing_input = signing_input.as_bytes().to_vec();
     let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pkcs8 =
+        signature::EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .unwrap();
     let ec = std::sync::Arc::new(
-        signature::EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap(),
+        signature::EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+            &rng,
+        )
+        .unwrap(),
     );
     let _ = ec.public_key();
     let spki = std::sync::Arc::new(spki);
     let signing_input = std::sync::Arc::new(signing_input);
     let sig = std::sync::Arc::new(sig);
     move || {
-        let key = signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, spki.as_slice());
+        let key = signature::UnparsedPublicKey::new(
+            &signature::RSA_PKCS1_2048_8192_SHA256,
+            spki.as_slice(),
+        );
         key.verify(&signing_input, &sig).unwrap();
-        let _ = ec.sign(&ring::rand::SystemRandom::new(), b"header.payload").unwrap();
+        let _ = ec
+            .sign(&ring::rand::SystemRandom::new(), b"header.payload")
+            .unwrap();
     }
 }

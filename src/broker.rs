@@ -230,7 +230,10 @@ impl Broker {
         ask: &Ask,
         caller: &Caller,
     ) -> Result<IssuedToken, BrokerError> {
-        let grant = match self.grant(attestation, CredentialType::Jwt, ask, caller).await {
+        let grant = match self
+            .grant(attestation, CredentialType::Jwt, ask, caller)
+            .await
+        {
             Ok(g) => g,
             Err(e) => {
                 self.audit_denial(Some(attestation), caller, &e).await;
@@ -263,8 +266,16 @@ impl Broker {
         };
         let issued: IssuedJwt =
             mint(&self.keys, &request).map_err(|e| BrokerError::Internal(e.to_string()))?;
-        self.record_issuance(attestation, &grant, &issued.jti, &chain, issued.expires_at, caller, "jwt")
-            .await?;
+        self.record_issuance(
+            attestation,
+            &grant,
+            &issued.jti,
+            &chain,
+            issued.expires_at,
+            caller,
+            "jwt",
+        )
+        .await?;
         Ok(IssuedToken {
             token: issued.token,
             credential_id: issued.jti,
@@ -289,7 +300,8 @@ impl Broker {
                         })?;
                         let attestation = attestor.attest(jwt, self.now()).await?;
                         if attestor.rejects_replay() {
-                            if let Some((key, exp)) = attestor.replay_key(&attestation.claims, jwt) {
+                            if let Some((key, exp)) = attestor.replay_key(&attestation.claims, jwt)
+                            {
                                 let once_key = format!("{}:{key}", attestor.name());
                                 if !self.store.remember_once(&once_key, exp).await? {
                                     return Err(AttestError::Replayed.into());
@@ -298,7 +310,10 @@ impl Broker {
                         }
                         Ok(attestation)
                     }
-                    None => Err(AttestError::MissingClaim { claim: "iss".into() }.into()),
+                    None => Err(AttestError::MissingClaim {
+                        claim: "iss".into(),
+                    }
+                    .into()),
                 }
             }
             PresentedToken::JoinToken(token) => self.redeem_join_token(token).await,
@@ -307,9 +322,16 @@ impl Broker {
 
     fn attest_own_jwt(&self, token: &str) -> Result<Attestation, BrokerError> {
         let leeway = self.config.jwt.leeway.0.as_secs() as i64;
-        svid::attest_jwt(&self.keys, &self.config.issuer, &self.mirror, token, self.now(), leeway)
-            .map(|(attestation, _)| attestation)
-            .map_err(|e| BrokerError::Credential(e.to_string()))
+        svid::attest_jwt(
+            &self.keys,
+            &self.config.issuer,
+            &self.mirror,
+            token,
+            self.now(),
+            leeway,
+        )
+        .map(|(attestation, _)| attestation)
+        .map_err(|e| BrokerError::Credential(e.to_string()))
     }
 
     async fn redeem_join_token(&self, token: &str) -> Result<Attestation, BrokerError> {

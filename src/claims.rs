@@ -65,7 +65,12 @@ impl Claims {
     pub fn scopes(&self) -> Vec<String> {
         self.scope
             .as_deref()
-            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect())
+            .map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

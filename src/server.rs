@@ -109,7 +109,13 @@ impl Server {
                 .await
                 .map_err(|e| StartError::Other(format!("cannot listen on {addr}: {e}")))?;
             http_addr = listener.local_addr().ok();
-            tasks.push(tokio::spawn(serve(listener, None, app, limits, shutdown_rx)));
+            tasks.push(tokio::spawn(serve(
+                listener,
+                None,
+                app,
+                limits,
+                shutdown_rx,
+            )));
         }
         tracing::info!(
             https = ?https_addr,

@@ -58,9 +58,22 @@ pub struct BenchRedis {
 
 impl BenchRedis {
     pub fn start() -> Option<BenchRedis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -116,7 +129,12 @@ pub fn percentile(sample: &[u32], p: f64) -> u32 {
 
 /// Runs `connections` keep-alive clients, each sending requests back to back, until
 /// `max_requests` in total or `duration` has passed, whichever is first.
-pub fn drive<F, Fut>(connections: usize, duration: Duration, max_requests: usize, make_request: F) -> LoadResult
+pub fn drive<F, Fut>(
+    connections: usize,
+    duration: Duration,
+    max_requests: usize,
+    make_request: F,
+) -> LoadResult
 where
     F: Fn(reqwest::Client) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -180,7 +198,9 @@ pub fn all_cores<F>(duration: Duration, work: F) -> f64
 where
     F: Fn() + Send + Sync + Clone + 'static,
 {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let handles: Vec<_> = (0..cores)
         .map(|_| {
             let work = work.clone();

@@ -22,7 +22,10 @@ pub fn new_token() -> Result<String, ring::error::Unspecified> {
 
 /// The store key for a token: lowercase hex SHA-256 of its bytes.
 pub fn token_hash(token: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()))
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ))
 }
 
 /// The attestation a redeemed token gives: rules match on `/spiffe_id`.

@@ -4,8 +4,8 @@
 //! client certificate, a join token, a credential we issued) into an [`Attestation`]:
 //! the claims that policy rules match on, plus the attested subject and source.
 
-pub mod jwks;
 pub mod join_token;
+pub mod jwks;
 pub mod jwt;
 pub mod svid;
 

@@ -40,7 +40,9 @@ pub fn attest_jwt(
     now: i64,
     leeway: i64,
 ) -> Result<(Attestation, Claims), SvidError> {
-    let payload = keys.verify_own(token).map_err(|_| SvidError::BadSignature)?;
+    let payload = keys
+        .verify_own(token)
+        .map_err(|_| SvidError::BadSignature)?;
     let claims: Claims =
         serde_json::from_value(Value::Object(payload.clone())).map_err(|_| SvidError::Malformed)?;
     if claims.iss != issuer {

@@ -69,8 +69,11 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         .trim()
         .to_string();
     let config_path = dir.join(DEV_CONFIG_FILE);
-    std::fs::write(&config_path, dev_config(http, https, args.redis.as_deref(), &admin_token))
-        .map_err(|e| CliError::new(format!("{}: {e}", config_path.display())))?;
+    std::fs::write(
+        &config_path,
+        dev_config(http, https, args.redis.as_deref(), &admin_token),
+    )
+    .map_err(|e| CliError::new(format!("{}: {e}", config_path.display())))?;
     let config = Config::load(&config_path)?;
 
     let server = Server::start(config, Arc::new(SystemClock)).await?;
@@ -162,7 +165,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 }
 
 /// A CI token shaped like GitHub Actions', signed by the demo issuer.
-fn demo_token(keys: &SigningKeys, repository: &str, git_ref: &str, now: i64) -> Result<String, CliError> {
+fn demo_token(
+    keys: &SigningKeys,
+    repository: &str,
+    git_ref: &str,
+    now: i64,
+) -> Result<String, CliError> {
     let claims = json!({
         "iss": DEMO_ISSUER,
         "aud": "credbroker",
@@ -183,8 +191,16 @@ fn demo_token(keys: &SigningKeys, repository: &str, git_ref: &str, now: i64) -> 
     Ok(keys.active().sign_jwt(&map)?)
 }
 
-fn dev_config(http: SocketAddr, https: SocketAddr, redis: Option<&str>, admin_token: &str) -> String {
-    let token_sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, admin_token.as_bytes()));
+fn dev_config(
+    http: SocketAddr,
+    https: SocketAddr,
+    redis: Option<&str>,
+    admin_token: &str,
+) -> String {
+    let token_sha256 = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        admin_token.as_bytes(),
+    ));
     let store = match redis {
         Some(url) => format!("store = \"redis\"\nredis_url = {url:?}"),
         None => "store = \"memory\"".to_string(),
@@ -280,7 +296,9 @@ struct Guide<'a> {
 
 fn print_guide(g: &Guide<'_>) {
     let base = format!("http://{}", g.http);
-    let store = g.store.map_or("in-memory store".to_string(), |u| format!("Redis at {u}"));
+    let store = g
+        .store
+        .map_or("in-memory store".to_string(), |u| format!("Redis at {u}"));
     println!(
         r#"
 credbroker dev is running ({store}). Keys and config: {dir}

@@ -62,7 +62,10 @@ impl<E: std::fmt::Display> From<E> for CliError {
 /// Runs the command line; the binary's `main` is only this.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("credbroker: cannot start the async runtime: {e}");
@@ -80,7 +83,10 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("credbroker: {}", e.message.lines().collect::<Vec<_>>().join(" "));
+            eprintln!(
+                "credbroker: {}",
+                e.message.lines().collect::<Vec<_>>().join(" ")
+            );
             ExitCode::from(e.code)
         }
     }

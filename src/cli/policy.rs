@@ -42,7 +42,7 @@ pub fn run(cmd: PolicyCommand) -> Result<(), CliError> {
             let mut errors = 0;
             for f in &findings {
                 println!("{f}");
-                if f.is_error() {
+                if f.severity == crate::policy::lint::Severity::Error {
                     errors += 1;
                 }
             }
@@ -87,7 +87,7 @@ pub fn run(cmd: PolicyCommand) -> Result<(), CliError> {
             };
             let explanation = policy.explain(&attestor, &claims);
             println!("{explanation}");
-            if explanation.matched() {
+            if explanation.is_match() {
                 Ok(())
             } else {
                 Err(CliError::new("no rule matches these claims"))

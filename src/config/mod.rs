@@ -573,33 +573,30 @@ impl Validator<'_> {
         if revocation.store == StoreKind::Redis && revocation.redis_url.is_none() {
             return Err(self.err("revocation", "redis_url", "required when store = \"redis\""));
         }
-        if let Some(url) = &revocation.redis_url {
-            if !(url.starts_with("redis://")
+        if let Some(url) = &revocation.redis_url
+            && !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
                 || url.starts_with("redis+unix://")
                 || url.starts_with("unix://"))
-            {
-                return Err(self.err(
-                    "revocation",
-                    "redis_url",
-                    "must be a redis:// or rediss:// URL",
-                ));
-            }
+        {
+            return Err(self.err(
+                "revocation",
+                "redis_url",
+                "must be a redis:// or rediss:// URL",
+            ));
         }
 
         let admin = raw.admin;
-        if let Some(h) = &admin.token_sha256 {
-            if h.len() != 64
-                || !h
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return Err(self.err(
-                    "admin",
-                    "token_sha256",
-                    "must be 64 lowercase hex digits (sha256 of the token)",
-                ));
-            }
+        if let Some(h) = &admin.token_sha256
+            && !(h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
+            return Err(self.err(
+                "admin",
+                "token_sha256",
+                "must be 64 lowercase hex digits (sha256 of the token)",
+            ));
         }
         for id in &admin.spiffe_ids {
             SpiffeId::parse(id)
@@ -663,23 +660,23 @@ impl Validator<'_> {
             }
             for c in &r.credentials {
                 let limit = config_ttl(*c);
-                if let Some(max) = r.max_ttl {
-                    if max > limit {
-                        return Err(self.err(
-                            table.clone(),
-                            "max_ttl",
-                            format!("exceeds the [{}] max_ttl", c.as_str()),
-                        ));
-                    }
+                if let Some(max) = r.max_ttl
+                    && max > limit
+                {
+                    return Err(self.err(
+                        table.clone(),
+                        "max_ttl",
+                        format!("exceeds the [{}] max_ttl", c.as_str()),
+                    ));
                 }
-                if let Some(def) = r.default_ttl {
-                    if def > limit || r.max_ttl.is_some_and(|m| def > m) {
-                        return Err(self.err(
-                            table.clone(),
-                            "default_ttl",
-                            "exceeds the applicable max_ttl",
-                        ));
-                    }
+                if let Some(def) = r.default_ttl
+                    && (def > limit || r.max_ttl.is_some_and(|m| def > m))
+                {
+                    return Err(self.err(
+                        table.clone(),
+                        "default_ttl",
+                        "exceeds the applicable max_ttl",
+                    ));
                 }
             }
             if let Some(cidrs) = &r.source_cidrs {
@@ -764,18 +761,17 @@ impl Validator<'_> {
                         "set exactly one of jwks_url, jwks_file, jwks",
                     ));
                 }
-                if let Some(url) = &a.jwks_url {
-                    if !url.starts_with("https://")
-                        && !url.starts_with("http://127.")
-                        && !url.starts_with("http://localhost")
-                        && !url.starts_with("http://[::1]")
-                    {
-                        return Err(self.err(
-                            table,
-                            "jwks_url",
-                            "must be https:// (plain http only on loopback)",
-                        ));
-                    }
+                if let Some(url) = &a.jwks_url
+                    && !url.starts_with("https://")
+                    && !url.starts_with("http://127.")
+                    && !url.starts_with("http://localhost")
+                    && !url.starts_with("http://[::1]")
+                {
+                    return Err(self.err(
+                        table,
+                        "jwks_url",
+                        "must be https:// (plain http only on loopback)",
+                    ));
                 }
                 if a.audiences.is_empty() {
                     return Err(self.err(table, "audiences", "at least one audience is required"));

@@ -114,7 +114,11 @@ impl ApiError {
             E::Credential(reason) => unauthenticated(reason.clone()),
             E::Denied(denial) => match (denial.kind(), door) {
                 (DenialKind::Audience, Door::TokenExchange | Door::ClientCredentials) => {
-                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_target", denial.to_string())
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_target",
+                        denial.to_string(),
+                    )
                 }
                 (DenialKind::Scope, Door::TokenExchange | Door::ClientCredentials) => {
                     ApiError::new(StatusCode::BAD_REQUEST, "invalid_scope", denial.to_string())

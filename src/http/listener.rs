@@ -12,10 +12,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use std::convert::Infallible;
 
 use axum::routing::future::RouteFuture;
 use tower::Service;
@@ -75,7 +75,12 @@ pub async fn serve(
         tokio::spawn(async move {
             match tls {
                 Some(acceptor) => {
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(%remote, error = %e, "TLS handshake failed");
@@ -84,15 +89,23 @@ pub async fn serve(
                         Err(_) => return,
                     };
                     let peer_certs = stream.get_ref().1.peer_certificates().map(|certs| {
-                        PeerCertificates(Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect()))
+                        PeerCertificates(Arc::new(
+                            certs.iter().map(|c| c.clone().into_owned()).collect(),
+                        ))
                     });
-                    let info = ConnInfo { remote: Some(remote), peer_certs };
+                    let info = ConnInfo {
+                        remote: Some(remote),
+                        peer_certs,
+                    };
                     let service = service_for(router, info);
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 None => {
-                    let info = ConnInfo { remote: Some(remote), peer_certs: None };
+                    let info = ConnInfo {
+                        remote: Some(remote),
+                        peer_certs: None,
+                    };
                     let service = service_for(router, info);
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let _ = watcher.watch(conn.into_owned()).await;

@@ -5,8 +5,8 @@
 //! as a request extension set by the accept loop in `server.rs`.
 
 pub mod error;
-pub mod ops;
 pub mod listener;
+pub mod ops;
 pub mod token;
 pub mod wellknown;
 
@@ -58,10 +58,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnInfo {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<ConnInfo>().cloned().unwrap_or(ConnInfo {
-            remote: None,
-            peer_certs: None,
-        }))
+        Ok(parts
+            .extensions
+            .get::<ConnInfo>()
+            .cloned()
+            .unwrap_or(ConnInfo {
+                remote: None,
+                peer_certs: None,
+            }))
     }
 }
 
@@ -106,8 +110,14 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/token", post(token::token))
         .route("/.well-known/jwks.json", get(wellknown::jwks))
-        .route("/.well-known/openid-configuration", get(wellknown::metadata))
-        .route("/.well-known/oauth-authorization-server", get(wellknown::metadata))
+        .route(
+            "/.well-known/openid-configuration",
+            get(wellknown::metadata),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(wellknown::metadata),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

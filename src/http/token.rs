@@ -71,7 +71,9 @@ impl TokenForm {
                 *slot = Some(value);
             } else if name == "audience" || name == "resource" {
                 if value.is_empty() {
-                    return Err(ApiError::invalid_request(format!("parameter `{name}` is empty")));
+                    return Err(ApiError::invalid_request(format!(
+                        "parameter `{name}` is empty"
+                    )));
                 }
                 if !form.audiences.contains(&value) {
                     form.audiences.push(value);
@@ -85,7 +87,12 @@ impl TokenForm {
         let scopes = self
             .scope
             .as_deref()
-            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect())
+            .map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default();
         let ttl = match self.ttl.as_deref() {
             None => None,

@@ -14,9 +14,10 @@ const JWKS_MAX_AGE: &str = "public, max-age=60";
 /// `GET /.well-known/jwks.json`: every published signing key.
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = Json(state.broker.keys().jwks()).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static(JWKS_MAX_AGE));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(JWKS_MAX_AGE),
+    );
     response
 }
 
@@ -46,8 +47,9 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         "scopes_supported": [],
     }))
     .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static(JWKS_MAX_AGE));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(JWKS_MAX_AGE),
+    );
     response
 }
