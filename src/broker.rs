@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::attest::jwt::{AttestError, JwtAttestors, peek};
 use crate::attest::{Attestation, join_token, svid};
 use crate::clock::SharedClock;
-use crate::config::{AttestorKind, Config, CredentialType};
+use crate::config::{Config, CredentialType};
 use crate::governance::audit::{AuditEvent, AuditKind};
 use crate::governance::inventory::IssuanceRecord;
 use crate::issue::jwt::{IssuedJwt, JwtRequest, mint};
@@ -129,7 +129,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("signing keys: {0}")]
-    Keys(#[from] crate::issue::keys::KeyError),
+    Keys(#[from] crate::issue::KeyError),
     #[error("attestor: {0}")]
     Attestor(#[from] AttestError),
     #[error("revocation store: {0}")]
@@ -241,6 +241,7 @@ impl Broker {
             }
         };
         let now = self.now();
+        let ttl = cap_to_bearer_parent(attestation, grant.ttl, now);
         let chain = self.chain_for(attestation);
         let source = lineage_source(attestation);
         let cnf = if grant.bind_to_certificate {
@@ -256,7 +257,7 @@ impl Broker {
             owner: &grant.owner,
             attestor: &attestation.attestor,
             attestor_kind: attestation.kind.as_str(),
-            ttl: grant.ttl,
+            ttl,
             now,
             cnf_x5t_s256: cnf,
             act: grant.act.as_ref(),
@@ -461,11 +462,25 @@ impl Broker {
         }
     }
 
-    /// A fresh attestation kind check for callers outside this module.
-    pub fn is_jwt_attestor(&self, name: &str) -> bool {
-        self.config
-            .attestor(name)
-            .is_some_and(|a| a.kind == AttestorKind::Jwt)
+    /// Checks a client certificate chain as an X.509-SVID this broker issued; returns
+    /// its SPIFFE ID.
+    pub fn verify_peer_svid(
+        &self,
+        _certs: &crate::tls::PeerCertificates,
+    ) -> Result<String, String> {
+        Err("X.509-SVID authentication is not available in this build".into())
+    }
+}
+
+/// A JWT exchanged for another never outlives it: a bearer token can be narrowed, not
+/// extended, so a stolen one cannot be renewed forever. (An X.509-SVID renewed over mTLS
+/// proves possession of its key and may be renewed; its rule bounds it.)
+fn cap_to_bearer_parent(attestation: &Attestation, ttl: Duration, now: i64) -> Duration {
+    let bearer = attestation.parent.is_some()
+        && attestation.claims.get("typ").and_then(|t| t.as_str()) != Some("x509");
+    match (bearer, attestation.expires_at) {
+        (true, Some(exp)) => ttl.min(Duration::from_secs(exp.saturating_sub(now).max(1) as u64)),
+        _ => ttl,
     }
 }
 
