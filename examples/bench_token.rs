@@ -75,7 +75,7 @@ fn main() {
         h.set_token_type("JWT");
         let _ = jwt::encode_with_signer(&JwtPayload::new(), &h, ec_signer.as_ref()).unwrap();
     };
-    let ring_op = ring_ceiling(&rsa, &platform_token);
+    let ring_op = ring_ceiling(&rsa.to_der_public_key(), &platform_token);
     let ceiling_time = Duration::from_secs(2);
     let josekit_one = one_core(ceiling_time, josekit_op.clone());
     let josekit_all = all_cores(ceiling_time, josekit_op);
@@ -88,21 +88,8 @@ fn main() {
     println!("   ceiling used for ratios (best all-core): {ceiling:.0}/s");
 
     // ---- 2. the real endpoint
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_credbroker"))
-        .args(["keys", "generate", "--out"])
-        .arg(dir.path())
-        .output()
-        .ok();
-    let keys_ok = out.as_ref().is_some_and(|o| o.status.success());
-    if !keys_ok {
-        credbroker::issue::keygen::generate(&credbroker::issue::keygen::KeygenOptions {
-            out: dir.path().to_path_buf(),
-            trust_domain: "example.org".into(),
-            sans: vec![],
-            intermediate: false,
-        })
+    credbroker::issue::keygen::generate(&credbroker::issue::KeygenOptions::new(dir.path()))
         .expect("keys");
-    }
     let redis = BenchRedis::start();
     let mut stores = vec![("memory", "store = \"memory\"".to_string())];
     match &redis {
@@ -188,14 +175,11 @@ audiences = ["deploy-api"]
 }
 
 /// The same operation with ring: RS256 verify with the RSA public key, ES256 sign.
-fn ring_ceiling(
-    rsa: &josekit::jws::alg::rsassa::RsassaJwsKeyPair,
-    token: &str,
-) -> impl Fn() + Clone + Send + Sync + 'static {
-    use ring::signature::{self, KeyPair};
-    let public_der = rsa.to_der_public_key();
+fn ring_ceiling(public_der: &[u8], token: &str) -> impl Fn() + Clone + Send + Sync + 'static {
+    use ring::signature;
+    use x509_parser::prelude::FromDer;
     // SubjectPublicKeyInfo → the RSAPublicKey inside it, which ring takes.
-    let spki = x509_parser::x509::SubjectPublicKeyInfo::from_der(&public_der)
+    let spki = x509_parser::x509::SubjectPublicKeyInfo::from_der(public_der)
         .map(|(_, s)| s.subject_public_key.data.to_vec())
         .expect("spki");
     let (signing_input, sig) = token.rsplit_once('.').expect("jws");
@@ -214,7 +198,6 @@ fn ring_ceiling(
         )
         .unwrap(),
     );
-    let _ = ec.public_key();
     let spki = std::sync::Arc::new(spki);
     let signing_input = std::sync::Arc::new(signing_input);
     let sig = std::sync::Arc::new(sig);

@@ -12,7 +12,7 @@ use crate::attest::jwt::{AttestError, JwtAttestors, peek};
 use crate::attest::{Attestation, join_token, svid};
 use crate::clock::SharedClock;
 use crate::config::{Config, CredentialType};
-use crate::governance::audit::{AuditEvent, AuditKind};
+use crate::governance::audit::{AuditEvent, AuditEventKind};
 use crate::governance::inventory::IssuanceRecord;
 use crate::issue::jwt::{IssuedJwt, JwtRequest, mint};
 use crate::issue::keys::SigningKeys;
@@ -300,13 +300,12 @@ impl Broker {
                             }
                         })?;
                         let attestation = attestor.attest(jwt, self.now()).await?;
-                        if attestor.rejects_replay() {
-                            if let Some((key, exp)) = attestor.replay_key(&attestation.claims, jwt)
-                            {
-                                let once_key = format!("{}:{key}", attestor.name());
-                                if !self.store.remember_once(&once_key, exp).await? {
-                                    return Err(AttestError::Replayed.into());
-                                }
+                        if attestor.rejects_replay()
+                            && let Some((key, exp)) = attestor.replay_key(&attestation.claims, jwt)
+                        {
+                            let once_key = format!("{}:{key}", attestor.name());
+                            if !self.store.remember_once(&once_key, exp).await? {
+                                return Err(AttestError::Replayed.into());
                             }
                         }
                         Ok(attestation)
@@ -346,11 +345,11 @@ impl Broker {
             .ok_or_else(|| {
                 BrokerError::Credential("join token is unknown, expired or already used".into())
             })?;
-        let attestation =
-            join_token::attestation(&record.attestor, &record.spiffe_id, record.expires_at);
-        let event = AuditEvent::new(AuditKind::JoinTokenUsed, self.now())
+        let attestor = self.join_token_attestor().unwrap_or("join_token");
+        let attestation = join_token::attestation(attestor, &record.spiffe_id, record.expires_at);
+        let event = AuditEvent::new(AuditEventKind::JoinTokenUsed, self.now())
             .identity(&record.spiffe_id)
-            .attestor(&record.attestor);
+            .attestor(attestor);
         event.log();
         self.store.append_audit(&event).await?;
         Ok(attestation)
@@ -416,14 +415,13 @@ impl Broker {
         credential_type: &str,
     ) -> Result<(), BrokerError> {
         let now = self.now();
-        let event = AuditEvent::new(AuditKind::Issued, now)
+        let event = AuditEvent::new(AuditEventKind::Issued, now)
             .identity(grant.spiffe_id.as_str())
             .owner(&grant.owner)
             .attestor(&attestation.attestor)
             .credential(credential_id)
             .parents(chain)
-            .caller(caller.addr)
-            .outcome(credential_type);
+            .caller(caller.addr);
         event.log();
         let record = IssuanceRecord {
             spiffe_id: grant.spiffe_id.to_string(),
@@ -432,7 +430,7 @@ impl Broker {
             attestor: attestation.attestor.clone(),
             issued_at: now,
             expires_at,
-            audit: event,
+            event,
         };
         self.store.record_issuance(&record).await?;
         metrics::counter!("credbroker_issued_total", "type" => credential_type.to_string())
@@ -449,17 +447,27 @@ impl Broker {
     ) {
         let reason = denial_reason(error);
         metrics::counter!("credbroker_denied_total", "reason" => reason).increment(1);
-        let mut event = AuditEvent::new(AuditKind::Denied, self.now())
-            .caller(caller.addr)
-            .outcome("denied")
-            .reason(&error.to_string());
-        if let Some(a) = attestation {
-            event = event.attestor(&a.attestor).identity(&a.subject);
-        }
+        let mut event = AuditEvent::new(AuditEventKind::Denied, self.now()).caller(caller.addr);
+        event = match attestation {
+            // The attested subject is not yet an identity: it goes with the reason.
+            Some(a) => event
+                .attestor(&a.attestor)
+                .reason(&format!("{error} (attested subject {:?})", a.subject)),
+            None => event.reason(&error.to_string()),
+        };
         event.log();
         if let Err(e) = self.store.append_audit(&event).await {
             tracing::warn!(error = %e, "could not store a denial audit event");
         }
+    }
+
+    /// The configured `join_token` attestor, if any (join tokens are redeemed through it).
+    pub fn join_token_attestor(&self) -> Option<&str> {
+        self.config
+            .attestors
+            .iter()
+            .find(|a| a.kind == crate::config::AttestorKind::JoinToken)
+            .map(|a| a.name.as_str())
     }
 
     /// Checks a client certificate chain as an X.509-SVID this broker issued; returns

@@ -30,22 +30,53 @@ fn keys_generate_writes_a_complete_set_and_never_overwrites() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        for secret in ["jwt-es256.key", "ca.key", "broker-tls.key", "admin-token", "client.key"] {
-            let mode = std::fs::metadata(keys.path(secret)).unwrap().permissions().mode();
-            assert_eq!(mode & 0o077, 0, "{secret} must not be readable by others: {mode:o}");
+        for secret in [
+            "jwt-es256.key",
+            "ca.key",
+            "broker-tls.key",
+            "admin-token",
+            "client.key",
+        ] {
+            let mode = std::fs::metadata(keys.path(secret))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "{secret} must not be readable by others: {mode:o}"
+            );
         }
     }
     let before = std::fs::read(keys.path("ca.key")).unwrap();
-    let out = run_cli(&["keys", "generate", "--out", keys.dir.path().to_str().unwrap()]);
+    let out = run_cli(&[
+        "keys",
+        "generate",
+        "--out",
+        keys.dir.path().to_str().unwrap(),
+    ]);
     assert!(!out.status.success(), "a second generate must refuse");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
     assert!(stderr.contains("exists"), "{stderr}");
-    assert_eq!(std::fs::read(keys.path("ca.key")).unwrap(), before, "nothing overwritten");
+    assert_eq!(
+        std::fs::read(keys.path("ca.key")).unwrap(),
+        before,
+        "nothing overwritten"
+    );
 
     // The generated config is valid and its policy lints clean.
-    let out = run_cli(&["policy", "check", "--config", keys.path("broker.toml").to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_cli(&[
+        "policy",
+        "check",
+        "--config",
+        keys.path("broker.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -90,7 +121,11 @@ fn config_errors_name_file_table_and_key_and_refuse_to_start() {
     assert!(stderr.contains("rule"), "{stderr}");
     assert!(stderr.contains("owner"), "{stderr}");
 
-    std::fs::write(&path, "trust_domain = \"example.org\"\n[jwt]\nsigning_keys = 5\n").unwrap();
+    std::fs::write(
+        &path,
+        "trust_domain = \"example.org\"\n[jwt]\nsigning_keys = 5\n",
+    )
+    .unwrap();
     let out = run_cli(&["serve", "--config", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -139,21 +174,45 @@ audiences = ["deploy-api"]
         r#"{"iss": "https://token.actions.githubusercontent.com", "repository": "acme/web", "ref": "refs/heads/main"}"#,
     )
     .unwrap();
-    let out = run_cli(&["policy", "explain", "--config", path.to_str().unwrap(), "--claims", claims.to_str().unwrap()]);
+    let out = run_cli(&[
+        "policy",
+        "explain",
+        "--config",
+        path.to_str().unwrap(),
+        "--claims",
+        claims.to_str().unwrap(),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("deploy-from-main"), "{stdout}");
-    assert!(stdout.contains("spiffe://example.org/ci/github/acme/web"), "{stdout}");
+    assert!(
+        stdout.contains("spiffe://example.org/ci/github/acme/web"),
+        "{stdout}"
+    );
 
     std::fs::write(
         &claims,
         r#"{"iss": "https://token.actions.githubusercontent.com", "repository": "acme/web", "ref": "refs/heads/dev"}"#,
     )
     .unwrap();
-    let out = run_cli(&["policy", "explain", "--config", path.to_str().unwrap(), "--claims", claims.to_str().unwrap()]);
+    let out = run_cli(&[
+        "policy",
+        "explain",
+        "--config",
+        path.to_str().unwrap(),
+        "--claims",
+        claims.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("deploy-from-main") && stdout.contains("/ref"), "{stdout}");
+    assert!(
+        stdout.contains("deploy-from-main") && stdout.contains("/ref"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -197,7 +256,10 @@ fn every_command_has_help() {
     ] {
         let out = run_cli(&args);
         assert!(out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
     }
     let out = run_cli(&["no-such-command"]);
     assert_eq!(out.status.code(), Some(2));
@@ -208,7 +270,14 @@ fn every_command_has_help() {
 fn dev_prints_commands_that_work() {
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
-        .args(["dev", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "dev",
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data.path())
         .env("CREDBROKER_LOG", "warn")
         .stdout(Stdio::piped())
@@ -228,7 +297,10 @@ fn dev_prints_commands_that_work() {
             break;
         }
     }
-    assert!(printed.contains("Stop with Ctrl-C"), "dev did not finish its guide:\n{printed}");
+    assert!(
+        printed.contains("Stop with Ctrl-C"),
+        "dev did not finish its guide:\n{printed}"
+    );
 
     // Collect the exports and each numbered step's commands (with continuation lines).
     let exports: Vec<&str> = printed
@@ -261,8 +333,15 @@ fn dev_prints_commands_that_work() {
     assert!(steps.len() >= 5, "expected numbered steps:\n{printed}");
     let run = |cmd: &str| {
         let script = format!("{}\n{cmd}", exports.join("\n"));
-        let out = Command::new("bash").arg("-c").arg(&script).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
     };
 
     // 1) the exchange gives a token.
@@ -270,7 +349,10 @@ fn dev_prints_commands_that_work() {
     assert!(ok && out.contains("access_token"), "step 1: {out}");
     // 2) the denial explains itself.
     let (_, out) = run(&steps[1][0]);
-    assert!(out.contains("invalid_request") && out.contains("demo-ci-main"), "step 2: {out}");
+    assert!(
+        out.contains("invalid_request") && out.contains("demo-ci-main"),
+        "step 2: {out}"
+    );
     // 3) the join token works once, then not again.
     let (_, out) = run(&steps[2][0]);
     assert!(out.contains("access_token"), "step 3: {out}");
@@ -283,7 +365,10 @@ fn dev_prints_commands_that_work() {
     }
     // 5) policy explain names the rule and the failed condition.
     let (_, out) = run(&steps[4][0]);
-    assert!(out.contains("demo-ci-main") && out.contains("/ref"), "step 5: {out}");
+    assert!(
+        out.contains("demo-ci-main") && out.contains("/ref"),
+        "step 5: {out}"
+    );
 
     let _ = child.kill();
     let _ = child.wait();

@@ -110,12 +110,24 @@ impl Fixture {
     }
 
     /// Asserts an RFC 6749 error and that nothing secret leaked; returns the description.
-    async fn expect_error(&self, token: &str, extra: &[(&str, &str)], status: u16, code: &str) -> String {
+    async fn expect_error(
+        &self,
+        token: &str,
+        extra: &[(&str, &str)],
+        status: u16,
+        code: &str,
+    ) -> String {
         let (got_status, body) = self.exchange(token, extra).await;
         assert_eq!(got_status, status, "unexpected status, body: {body}");
         assert_eq!(body["error"], code, "body: {body}");
-        let description = body["error_description"].as_str().unwrap_or_default().to_string();
-        assert!(!description.is_empty(), "error_description must explain: {body}");
+        let description = body["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            !description.is_empty(),
+            "error_description must explain: {body}"
+        );
         assert_no_secret(&body.to_string(), token);
         description
     }
@@ -123,28 +135,36 @@ impl Fixture {
 
 fn assert_no_secret(text: &str, token: &str) {
     assert!(!text.contains(token), "the token leaked into: {text}");
-    if let Some(sig) = token.rsplit('.').next() {
-        if sig.len() > 16 {
-            assert!(!text.contains(sig), "the signature leaked into: {text}");
-        }
+    if let Some(sig) = token.rsplit('.').next()
+        && sig.len() > 16
+    {
+        assert!(!text.contains(sig), "the signature leaked into: {text}");
     }
 }
 
 #[tokio::test]
 async fn platform_token_is_exchanged_for_a_jwt_svid() {
     let f = start();
-    let token = f.issuer.sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
+    let token = f
+        .issuer
+        .sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
     let resp = f
         .http
         .post(f.broker.url("/v1/token"))
-        .form(&exchange_form(&token, &[("audience", "deploy-api"), ("scope", "deploy:staging")]))
+        .form(&exchange_form(
+            &token,
+            &[("audience", "deploy-api"), ("scope", "deploy:staging")],
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["cache-control"], "no-store");
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:jwt");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 300);
     assert_eq!(body["scope"], "deploy:staging");
@@ -152,7 +172,11 @@ async fn platform_token_is_exchanged_for_a_jwt_svid() {
     let jwt = body["access_token"].as_str().unwrap();
     let header = decode_segment(jwt, 0);
     let header_keys: Vec<&String> = header.as_object().unwrap().keys().collect();
-    assert_eq!(header_keys.len(), 3, "header must be exactly alg, kid, typ: {header}");
+    assert_eq!(
+        header_keys.len(),
+        3,
+        "header must be exactly alg, kid, typ: {header}"
+    );
     assert_eq!(header["alg"], "ES256");
     assert_eq!(header["typ"], "JWT");
 
@@ -164,12 +188,24 @@ async fn platform_token_is_exchanged_for_a_jwt_svid() {
     assert_eq!(claims["owner"], "team-platform");
     assert_eq!(claims["rule"], "deploy-from-main");
     assert_eq!(claims["att"], json!({"attestor": "ci", "kind": "jwt"}));
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 300);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        300
+    );
     assert_eq!(claims["nbf"], claims["iat"]);
-    assert!(claims["jti"].as_str().unwrap().len() >= 22, "jti carries >= 128 bits");
+    assert!(
+        claims["jti"].as_str().unwrap().len() >= 22,
+        "jti carries >= 128 bits"
+    );
     assert!(claims["src"].as_str().is_some_and(|s| !s.is_empty()));
-    assert!(claims.get("cnf").is_none(), "no client certificate, so no binding");
-    assert!(!claims.to_string().contains(&token), "the platform token is never embedded");
+    assert!(
+        claims.get("cnf").is_none(),
+        "no client certificate, so no binding"
+    );
+    assert!(
+        !claims.to_string().contains(&token),
+        "the platform token is never embedded"
+    );
 
     // The signature verifies with the key the JWKS publishes under that kid.
     let jwks: Value = f
@@ -190,25 +226,38 @@ async fn platform_token_is_exchanged_for_a_jwt_svid() {
     let jwk = josekit::jwk::Jwk::from_map(jwk.as_object().unwrap().clone()).unwrap();
     let verifier = josekit::jws::ES256.verifier_from_jwk(&jwk).unwrap();
     let (payload, _) = josekit::jwt::decode_with_verifier(jwt, &verifier).unwrap();
-    assert_eq!(payload.subject(), Some("spiffe://example.org/ci/github/acme/web"));
+    assert_eq!(
+        payload.subject(),
+        Some("spiffe://example.org/ci/github/acme/web")
+    );
 }
 
 #[tokio::test]
 async fn es256_platform_tokens_and_defaults_work() {
     let f = start();
-    let token = f.issuer.sign_es256(&TestIssuer::claims("acme/api", "refs/heads/main"));
+    let token = f
+        .issuer
+        .sign_es256(&TestIssuer::claims("acme/api", "refs/heads/main"));
     let (status, body) = f.exchange(&token, &[]).await;
     assert_eq!(status, 200, "{body}");
     let claims = decode_segment(body["access_token"].as_str().unwrap(), 1);
-    assert_eq!(claims["aud"], "deploy-api", "default audience is the rule's first");
-    assert!(claims.get("scope").is_none(), "no scope requested, none granted");
+    assert_eq!(
+        claims["aud"], "deploy-api",
+        "default audience is the rule's first"
+    );
+    assert!(
+        claims.get("scope").is_none(),
+        "no scope requested, none granted"
+    );
     assert!(body.get("scope").is_none());
 }
 
 #[tokio::test]
 async fn requested_ttl_is_clamped_to_the_rule_max_and_the_response_says_so() {
     let f = start();
-    let token = f.issuer.sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
+    let token = f
+        .issuer
+        .sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
     let (status, body) = f.exchange(&token, &[("ttl", "86400")]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["expires_in"], 900, "rule max_ttl = 15m");
@@ -220,9 +269,14 @@ async fn requested_ttl_is_clamped_to_the_rule_max_and_the_response_says_so() {
 #[tokio::test]
 async fn several_audiences_give_an_array_aud() {
     let f = start();
-    let token = f.issuer.sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
+    let token = f
+        .issuer
+        .sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
     let (status, body) = f
-        .exchange(&token, &[("audience", "deploy-api"), ("resource", "inventory")])
+        .exchange(
+            &token,
+            &[("audience", "deploy-api"), ("resource", "inventory")],
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let claims = decode_segment(body["access_token"].as_str().unwrap(), 1);
@@ -232,13 +286,20 @@ async fn several_audiences_give_an_array_aud() {
 #[tokio::test]
 async fn audiences_and_scopes_outside_the_rule_are_refused() {
     let f = start();
-    let token = f.issuer.sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
+    let token = f
+        .issuer
+        .sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
     let d = f
         .expect_error(&token, &[("audience", "payments")], 400, "invalid_target")
         .await;
     assert!(d.contains("payments"), "{d}");
     let d = f
-        .expect_error(&token, &[("scope", "deploy:staging admin")], 400, "invalid_scope")
+        .expect_error(
+            &token,
+            &[("scope", "deploy:staging admin")],
+            400,
+            "invalid_scope",
+        )
         .await;
     assert!(d.contains("admin"), "{d}");
 }
@@ -249,7 +310,10 @@ async fn forged_and_unsigned_tokens_are_refused() {
     let claims = TestIssuer::claims("acme/web", "refs/heads/main");
     let none = TestIssuer::unsigned(&claims);
     let d = f.expect_error(&none, &[], 400, "invalid_request").await;
-    assert!(d.to_lowercase().contains("none") || d.contains("alg"), "{d}");
+    assert!(
+        d.to_lowercase().contains("none") || d.contains("alg"),
+        "{d}"
+    );
     let hs = f.issuer.forge_hs256_with_public_key(&claims);
     let d = f.expect_error(&hs, &[], 400, "invalid_request").await;
     assert!(d.contains("HS256"), "{d}");
@@ -258,9 +322,10 @@ async fn forged_and_unsigned_tokens_are_refused() {
 #[tokio::test]
 async fn unknown_kid_is_refused() {
     let f = start();
-    let token = f
-        .issuer
-        .sign_with_kid(&TestIssuer::claims("acme/web", "refs/heads/main"), "rotated-away");
+    let token = f.issuer.sign_with_kid(
+        &TestIssuer::claims("acme/web", "refs/heads/main"),
+        "rotated-away",
+    );
     let d = f.expect_error(&token, &[], 400, "invalid_request").await;
     assert!(d.contains("rotated-away"), "{d}");
 }
@@ -310,19 +375,28 @@ async fn expired_and_not_yet_valid_tokens_are_refused_beyond_the_leeway() {
 #[tokio::test]
 async fn tampered_payload_and_signature_are_refused() {
     let f = start();
-    let token = f.issuer.sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
+    let token = f
+        .issuer
+        .sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
     let parts: Vec<&str> = token.split('.').collect();
     let mut claims = decode_segment(&token, 1);
     claims["repository"] = json!("acme/admin");
-    let tampered_payload = format!("{}.{}.{}", parts[0], support::issuer::b64(&claims), parts[2]);
-    f.expect_error(&tampered_payload, &[], 400, "invalid_request").await;
+    let tampered_payload = format!(
+        "{}.{}.{}",
+        parts[0],
+        support::issuer::b64(&claims),
+        parts[2]
+    );
+    f.expect_error(&tampered_payload, &[], 400, "invalid_request")
+        .await;
 
     let mut sig = parts[2].to_string();
     let flipped = if sig.ends_with('A') { 'B' } else { 'A' };
     sig.pop();
     sig.push(flipped);
     let tampered_sig = format!("{}.{}.{sig}", parts[0], parts[1]);
-    f.expect_error(&tampered_sig, &[], 400, "invalid_request").await;
+    f.expect_error(&tampered_sig, &[], 400, "invalid_request")
+        .await;
 
     for garbage in ["not-a-jwt", "a.b.c", "....", "eyJhbGciOiJSUzI1NiJ9..sig"] {
         f.expect_error(garbage, &[], 400, "invalid_request").await;
@@ -350,7 +424,9 @@ async fn claims_that_would_escape_the_spiffe_path_are_denied_with_the_reason() {
 #[tokio::test]
 async fn a_token_no_rule_matches_is_denied_naming_the_closest_rule() {
     let f = start();
-    let token = f.issuer.sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/dev"));
+    let token = f
+        .issuer
+        .sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/dev"));
     let d = f.expect_error(&token, &[], 400, "invalid_request").await;
     assert!(d.contains("deploy-from-main"), "{d}");
     assert!(d.contains("/ref"), "{d}");
@@ -359,7 +435,9 @@ async fn a_token_no_rule_matches_is_denied_naming_the_closest_rule() {
 #[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
     let f = start();
-    let token = f.issuer.sign_rs256(&TestIssuer::claims("rate/limited", "refs/heads/main"));
+    let token = f
+        .issuer
+        .sign_rs256(&TestIssuer::claims("rate/limited", "refs/heads/main"));
     for _ in 0..2 {
         let (status, body) = f.exchange(&token, &[]).await;
         assert_eq!(status, 200, "{body}");
@@ -372,7 +450,11 @@ async fn rate_limit_answers_429_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 429);
-    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry >= 1);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "slow_down");
@@ -381,7 +463,9 @@ async fn rate_limit_answers_429_with_retry_after() {
 #[tokio::test]
 async fn source_cidrs_refuse_callers_outside() {
     let f = start();
-    let token = f.issuer.sign_rs256(&TestIssuer::claims("cidr/only", "refs/heads/main"));
+    let token = f
+        .issuer
+        .sign_rs256(&TestIssuer::claims("cidr/only", "refs/heads/main"));
     let d = f.expect_error(&token, &[], 400, "invalid_request").await;
     assert!(d.contains("127.0.0.1") || d.contains("source"), "{d}");
 }
@@ -421,7 +505,9 @@ async fn one_time_tokens_are_refused_on_replay_even_concurrently() {
 #[tokio::test]
 async fn protocol_errors_get_rfc_codes() {
     let f = start();
-    let token = f.issuer.sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
+    let token = f
+        .issuer
+        .sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
     let post = |form: Vec<(&'static str, String)>| {
         let http = f.http.clone();
         let url = f.broker.url("/v1/token");
@@ -432,22 +518,44 @@ async fn protocol_errors_get_rfc_codes() {
         }
     };
     let (s, b) = post(vec![("grant_type", "password".into())]).await;
-    assert_eq!((s, b["error"].as_str()), (400, Some("unsupported_grant_type")));
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("unsupported_grant_type"))
+    );
 
     let (s, b) = post(vec![]).await;
     assert_eq!((s, b["error"].as_str()), (400, Some("invalid_request")));
-    assert!(b["error_description"].as_str().unwrap().contains("grant_type"));
+    assert!(
+        b["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("grant_type")
+    );
 
     let (s, b) = post(vec![
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".into()),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt".into()),
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+        ),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:jwt".into(),
+        ),
     ])
     .await;
     assert_eq!((s, b["error"].as_str()), (400, Some("invalid_request")));
-    assert!(b["error_description"].as_str().unwrap().contains("subject_token"));
+    assert!(
+        b["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("subject_token")
+    );
 
     let (s, b) = post(vec![
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".into()),
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+        ),
         ("subject_token_type", "urn:example:saml".into()),
         ("subject_token", token.clone()),
     ])
@@ -455,20 +563,45 @@ async fn protocol_errors_get_rfc_codes() {
     assert_eq!((s, b["error"].as_str()), (400, Some("invalid_request")));
 
     let (s, b) = post(vec![
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".into()),
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".into()),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt".into()),
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+        ),
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+        ),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:jwt".into(),
+        ),
         ("subject_token", token.clone()),
     ])
     .await;
     assert_eq!((s, b["error"].as_str()), (400, Some("invalid_request")));
-    assert!(b["error_description"].as_str().unwrap().contains("more than once"));
+    assert!(
+        b["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("more than once")
+    );
 
     let (s, b) = f
-        .exchange(&token, &[("requested_token_type", "urn:ietf:params:oauth:token-type:saml2")])
+        .exchange(
+            &token,
+            &[(
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:saml2",
+            )],
+        )
         .await;
     assert_eq!((s, b["error"].as_str()), (400, Some("invalid_request")));
-    assert!(b["error_description"].as_str().unwrap().contains("requested_token_type"));
+    assert!(
+        b["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("requested_token_type")
+    );
 
     // RFC 6749 §3.1: unrecognised parameters are ignored.
     let (s, b) = f.exchange(&token, &[("color", "blue")]).await;
@@ -522,19 +655,42 @@ async fn oversized_bodies_and_headers_are_refused() {
 #[tokio::test]
 async fn discovery_health_and_metrics_endpoints() {
     let f = start();
-    for path in ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"] {
-        let m: Value = f.http.get(f.broker.url(path)).send().await.unwrap().json().await.unwrap();
+    for path in [
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let m: Value = f
+            .http
+            .get(f.broker.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(m["issuer"], "https://broker.test");
         assert_eq!(m["jwks_uri"], "https://broker.test/.well-known/jwks.json");
         assert_eq!(m["token_endpoint"], "https://broker.test/v1/token");
         assert_eq!(m["tls_client_certificate_bound_access_tokens"], true);
-        assert!(m["grant_types_supported"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("urn:ietf:params:oauth:grant-type:token-exchange")));
+        assert!(
+            m["grant_types_supported"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("urn:ietf:params:oauth:grant-type:token-exchange"))
+        );
     }
-    let r = f.http.get(f.broker.url("/.well-known/jwks.json")).send().await.unwrap();
-    assert!(r.headers()["cache-control"].to_str().unwrap().contains("max-age"));
+    let r = f
+        .http
+        .get(f.broker.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age")
+    );
 
     let r = f.http.get(f.broker.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -543,10 +699,20 @@ async fn discovery_health_and_metrics_endpoints() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["revocation_mirror_in_sync"], true);
 
-    let token = f.issuer.sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
+    let token = f
+        .issuer
+        .sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
     assert_eq!(f.exchange(&token, &[]).await.0, 200);
     assert_eq!(f.exchange("junk", &[]).await.0, 400);
-    let text = f.http.get(f.broker.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = f
+        .http
+        .get(f.broker.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("credbroker_issued_total"), "{text}");
     assert!(text.contains("credbroker_denied_total"), "{text}");
 
@@ -597,5 +763,12 @@ audiences = ["x"]
     assert_eq!(body["error"], "temporarily_unavailable");
     assert_no_secret(&body.to_string(), &token);
     // Still alive.
-    assert_eq!(http.get(broker.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(broker.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }

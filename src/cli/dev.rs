@@ -87,7 +87,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             &join_token::token_hash(&join),
             &JoinTokenRecord {
                 spiffe_id: join_id.into(),
-                attestor: "bootstrap".into(),
+                created_at: now,
                 expires_at: now + DEMO_TOKEN_LIFETIME,
             },
             Duration::from_secs(DEMO_TOKEN_LIFETIME as u64),

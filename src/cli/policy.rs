@@ -42,7 +42,7 @@ pub fn run(cmd: PolicyCommand) -> Result<(), CliError> {
             let mut errors = 0;
             for f in &findings {
                 println!("{f}");
-                if f.severity == crate::policy::lint::Severity::Error {
+                if f.severity == crate::policy::Severity::Error {
                     errors += 1;
                 }
             }

@@ -115,6 +115,54 @@ impl AuditEvent {
         }
     }
 
+    /// Sets the SPIFFE ID concerned.
+    pub fn identity(mut self, id: &str) -> Self {
+        self.identity = Some(id.to_string());
+        self
+    }
+
+    /// Sets the owner.
+    pub fn owner(mut self, owner: &str) -> Self {
+        self.owner = Some(owner.to_string());
+        self
+    }
+
+    /// Sets the attestor.
+    pub fn attestor(mut self, attestor: &str) -> Self {
+        self.attestor = Some(attestor.to_string());
+        self
+    }
+
+    /// Sets the credential id.
+    pub fn credential(mut self, id: &str) -> Self {
+        self.credential_id = Some(id.to_string());
+        self
+    }
+
+    /// Sets the lineage the credential descends from.
+    pub fn parents(mut self, chain: &[String]) -> Self {
+        self.parents = chain.to_vec();
+        self
+    }
+
+    /// Sets the caller's address, when known.
+    pub fn caller(mut self, addr: Option<std::net::IpAddr>) -> Self {
+        self.caller = addr.map(|a| a.to_string());
+        self
+    }
+
+    /// Sets the reason (a denial's explanation, a revocation's reason).
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.reason = Some(reason.chars().take(512).collect());
+        self
+    }
+
+    /// Sets the outcome.
+    pub fn outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+
     /// Writes the event as one log line (target `credbroker::audit`): `warn` for anything
     /// not `ok`, `info` otherwise.
     pub fn log(&self) {

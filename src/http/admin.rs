@@ -15,7 +15,7 @@ use super::auth::require_admin;
 use super::error::ApiError;
 use super::{AppState, ConnInfo, LimitedBody, media_type};
 use crate::attest::{SourceId, join_token};
-use crate::governance::audit::{AuditEvent, AuditKind};
+use crate::governance::audit::{AuditEvent, AuditEventKind};
 use crate::identity::SpiffeId;
 use crate::revoke::entry::{EntryKind, RevocationEntry, normalize_credential_id};
 use crate::store::JoinTokenRecord;
@@ -69,7 +69,7 @@ pub async fn revoke(
             )));
         }
     };
-    publish(&state, entry, AuditKind::Revoked, conn.caller().addr).await
+    publish(&state, entry, AuditEventKind::Revoked, conn.caller().addr).await
 }
 
 fn json_entry(
@@ -216,7 +216,7 @@ pub async fn lock(
         expires_at,
         reason,
     };
-    publish(&state, lock, AuditKind::Locked, conn.caller().addr).await
+    publish(&state, lock, AuditEventKind::Locked, conn.caller().addr).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,7 +252,7 @@ pub async fn unlock(
     };
     state.broker.store().publish_revocation(&removal).await.map_err(store_down)?;
     state.broker.mirror().apply(removal, None);
-    let event = AuditEvent::new(AuditKind::Unlocked, now)
+    let event = AuditEvent::new(AuditEventKind::Unlocked, now)
         .identity(id.as_str())
         .caller(conn.caller().addr);
     event.log();
@@ -302,20 +302,17 @@ pub async fn create_join_token(
     }
     let attestor = state
         .broker
-        .config()
-        .attestors
-        .iter()
-        .find(|a| a.kind == crate::config::AttestorKind::JoinToken)
-        .map(|a| a.name.clone())
+        .join_token_attestor()
         .ok_or_else(|| {
             ApiError::invalid_request("no join_token attestor is configured on this broker")
-        })?;
+        })?
+        .to_string();
     let token = join_token::new_token().map_err(|_| ApiError::internal())?;
     let now = state.broker.now();
     let expires_at = now + ttl as i64;
     let record = JoinTokenRecord {
         spiffe_id: id.to_string(),
-        attestor: attestor.clone(),
+        created_at: now,
         expires_at,
     };
     state
@@ -324,7 +321,7 @@ pub async fn create_join_token(
         .put_join_token(&join_token::token_hash(&token), &record, Duration::from_secs(ttl))
         .await
         .map_err(store_down)?;
-    let event = AuditEvent::new(AuditKind::JoinTokenCreated, now)
+    let event = AuditEvent::new(AuditEventKind::JoinTokenCreated, now)
         .identity(id.as_str())
         .attestor(&attestor)
         .caller(conn.caller().addr);
@@ -370,7 +367,7 @@ pub async fn identities(
 async fn publish(
     state: &AppState,
     entry: RevocationEntry,
-    kind: AuditKind,
+    kind: AuditEventKind,
     caller: Option<std::net::IpAddr>,
 ) -> Result<Response, ApiError> {
     let broker = &state.broker;
@@ -379,7 +376,7 @@ async fn publish(
     metrics::counter!("credbroker_revoked_total", "kind" => entry.kind.as_str()).increment(1);
     let mut event = AuditEvent::new(kind, broker.now())
         .caller(caller)
-        .outcome(entry.kind.as_str());
+;
     event = match entry.kind {
         EntryKind::Credential => event.credential(&entry.value),
         EntryKind::All => event,
@@ -390,7 +387,7 @@ async fn publish(
     }
     event.log();
     let _ = broker.store().append_audit(&event).await;
-    let key = if kind == AuditKind::Locked { "locked" } else { "revoked" };
+    let key = if kind == AuditEventKind::Locked { "locked" } else { "revoked" };
     Ok(Json(json!({ key: entry })).into_response())
 }
 

@@ -72,11 +72,16 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnInfo {
 /// A request body read up to `[server] max_body`; larger bodies get 413 with a JSON error.
 pub struct LimitedBody(pub Bytes);
 
+/// How much of an oversized body is read and discarded before answering 413, so that the
+/// client sees the answer instead of a connection reset. Larger bodies are cut off at once.
+const DRAIN_LIMIT: u64 = 1024 * 1024;
+
 impl FromRequest<AppState> for LimitedBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request<Body>, state: &AppState) -> Result<Self, Self::Rejection> {
-        let limit = state.broker.config().server.max_body.0 as usize;
+        use futures_util::StreamExt;
+        let limit = state.broker.config().server.max_body.0;
         let too_large = || {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,13 +94,27 @@ impl FromRequest<AppState> for LimitedBody {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
+        if declared.is_some_and(|len| len > DRAIN_LIMIT) {
             return Err(too_large());
         }
-        axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map(LimitedBody)
-            .map_err(|_| too_large())
+        let mut stream = req.into_body().into_data_stream();
+        let mut body = Vec::new();
+        let mut seen: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|_| ApiError::invalid_request("the request body could not be read"))?;
+            seen += chunk.len() as u64;
+            if seen > DRAIN_LIMIT {
+                return Err(too_large());
+            }
+            if seen <= limit {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        if seen > limit {
+            return Err(too_large());
+        }
+        Ok(LimitedBody(Bytes::from(body)))
     }
 }
 

@@ -105,13 +105,14 @@ impl TokenForm {
                 }
             },
         };
-        if let Some(t) = self.requested_token_type.as_deref() {
-            if t != TOKEN_TYPE_JWT && t != TOKEN_TYPE_ACCESS_TOKEN {
-                return Err(ApiError::invalid_request(format!(
-                    "requested_token_type {:?} is not supported; use {TOKEN_TYPE_JWT} or {TOKEN_TYPE_ACCESS_TOKEN}",
-                    truncate(t)
-                )));
-            }
+        if let Some(t) = self.requested_token_type.as_deref()
+            && t != TOKEN_TYPE_JWT
+            && t != TOKEN_TYPE_ACCESS_TOKEN
+        {
+            return Err(ApiError::invalid_request(format!(
+                "requested_token_type {:?} is not supported; use {TOKEN_TYPE_JWT} or {TOKEN_TYPE_ACCESS_TOKEN}",
+                truncate(t)
+            )));
         }
         Ok(Ask {
             audiences: self.audiences.clone(),

@@ -133,7 +133,10 @@ impl BrokerProcess {
             }
         }
         // The HTTP line follows the HTTPS line when both are configured.
-        if http.is_none() {
+        let wants_http = std::fs::read_to_string(config_path)
+            .map(|c| c.lines().any(|l| l.trim_start().starts_with("listen_http")))
+            .unwrap_or(false);
+        if http.is_none() && wants_http {
             line.clear();
             let _ = reader.read_line(&mut line);
             if let Some(a) = line.trim().strip_prefix("listening http://") {
@@ -159,7 +162,10 @@ impl BrokerProcess {
     }
 
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http.expect("listen_http configured"))
+        format!(
+            "http://{}{path}",
+            self.http.expect("listen_http configured")
+        )
     }
 
     /// Sends SIGKILL and waits.
@@ -225,7 +231,10 @@ pub fn plain_client() -> reqwest::Client {
 /// The RFC 8693 token-exchange form for a JWT subject token.
 pub fn exchange_form<'a>(token: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut form = vec![
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
         ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
         ("subject_token", token),
     ];

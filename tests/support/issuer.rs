@@ -18,12 +18,14 @@ pub struct TestIssuer {
     ec_private: Jwk,
     pub ec_public: Jwk,
     pub rsa_public_pem: String,
+    rsa_private_der: Vec<u8>,
 }
 
 impl TestIssuer {
     pub fn new() -> TestIssuer {
         let rsa = RS256.generate_key_pair(2048).unwrap();
         let rsa_public_pem = String::from_utf8(rsa.to_pem_public_key()).unwrap();
+        let rsa_private_der = rsa.to_der_private_key();
         let mut rsa_private = rsa.to_jwk_private_key();
         let mut rsa_public = rsa.to_jwk_public_key();
         rsa_private.set_key_id("rsa-1");
@@ -39,6 +41,7 @@ impl TestIssuer {
             ec_private,
             ec_public,
             rsa_public_pem,
+            rsa_private_der,
         }
     }
 
@@ -78,8 +81,12 @@ impl TestIssuer {
         header.set_token_type("JWT");
         header.set_key_id("rsa-1");
         let signer = RS256.signer_from_jwk(&self.rsa_private).unwrap();
-        jwt::encode_with_signer(&JwtPayload::from_map(claims.clone()).unwrap(), &header, &signer)
-            .unwrap()
+        jwt::encode_with_signer(
+            &JwtPayload::from_map(claims.clone()).unwrap(),
+            &header,
+            &signer,
+        )
+        .unwrap()
     }
 
     pub fn sign_es256(&self, claims: &Map<String, Value>) -> String {
@@ -87,18 +94,27 @@ impl TestIssuer {
         header.set_token_type("JWT");
         header.set_key_id("ec-1");
         let signer = ES256.signer_from_jwk(&self.ec_private).unwrap();
-        jwt::encode_with_signer(&JwtPayload::from_map(claims.clone()).unwrap(), &header, &signer)
-            .unwrap()
+        jwt::encode_with_signer(
+            &JwtPayload::from_map(claims.clone()).unwrap(),
+            &header,
+            &signer,
+        )
+        .unwrap()
     }
 
-    /// Signs with the RSA key but claims another `kid`.
+    /// Signs with the RSA key but claims another `kid` (a signer built from a JWK would
+    /// overwrite the header's `kid` with its own).
     pub fn sign_with_kid(&self, claims: &Map<String, Value>, kid: &str) -> String {
         let mut header = JwsHeader::new();
         header.set_token_type("JWT");
         header.set_key_id(kid);
-        let signer = RS256.signer_from_jwk(&self.rsa_private).unwrap();
-        jwt::encode_with_signer(&JwtPayload::from_map(claims.clone()).unwrap(), &header, &signer)
-            .unwrap()
+        let signer = RS256.signer_from_der(&self.rsa_private_der).unwrap();
+        jwt::encode_with_signer(
+            &JwtPayload::from_map(claims.clone()).unwrap(),
+            &header,
+            &signer,
+        )
+        .unwrap()
     }
 
     /// The "HS256 keyed with the issuer's public key" forgery.
