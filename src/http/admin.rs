@@ -219,9 +219,10 @@ pub async fn lock(
     publish(&state, lock, AuditEventKind::Locked, conn.caller().addr).await
 }
 
+/// `?spiffe_id=` of `DELETE /v1/lock`.
 #[derive(Debug, Deserialize)]
-struct UnlockQuery {
-    spiffe_id: String,
+pub struct UnlockQuery {
+    pub spiffe_id: String,
 }
 
 /// `DELETE /v1/lock?spiffe_id=`: issuance may resume (what was revoked stays revoked).
@@ -335,9 +336,10 @@ pub async fn create_join_token(
     Ok((StatusCode::CREATED, [(axum::http::header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }
 
+/// `?owner=` of `GET /v1/identities`.
 #[derive(Debug, Deserialize)]
-struct IdentitiesQuery {
-    owner: Option<String>,
+pub struct IdentitiesQuery {
+    pub owner: Option<String>,
 }
 
 /// `GET /v1/identities[?owner=]`: the inventory.

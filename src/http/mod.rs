@@ -4,7 +4,10 @@
 //! and render the result. Connection facts (caller address, client certificate) arrive
 //! as a request extension set by the accept loop in `server.rs`.
 
+pub mod admin;
+pub mod auth;
 pub mod error;
+pub mod introspect;
 pub mod listener;
 pub mod ops;
 pub mod token;
@@ -128,6 +131,12 @@ pub fn media_type(headers: &axum::http::HeaderMap) -> Option<String> {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/token", post(token::token))
+        .route("/v1/introspect", post(introspect::introspect))
+        .route("/v1/revoke", post(admin::revoke))
+        .route("/v1/lock", post(admin::lock).delete(admin::unlock))
+        .route("/v1/locks", get(admin::locks))
+        .route("/v1/join-tokens", post(admin::create_join_token))
+        .route("/v1/identities", get(admin::identities))
         .route("/.well-known/jwks.json", get(wellknown::jwks))
         .route(
             "/.well-known/openid-configuration",
