@@ -71,7 +71,21 @@ pub struct RevocationMirror {
     tables: RwLock<Tables>,
     /// Wall-clock milliseconds of the last successful answer from the store; `i64::MIN` = never.
     last_synced_ms: AtomicI64,
+    /// Entries applied from the feed, for relying parties following `/v1/revocations/stream`.
+    changes: tokio::sync::broadcast::Sender<MirrorChange>,
 }
+
+/// What a follower of the mirror learns.
+#[derive(Debug, Clone)]
+pub enum MirrorChange {
+    /// An entry from the feed, with its cursor.
+    Applied(std::sync::Arc<(String, RevocationEntry)>),
+    /// The mirror was reloaded in full: followers may have missed entries and must resync.
+    Reloaded,
+}
+
+/// How many changes a slow follower may fall behind before it is told to resync.
+const CHANGE_BUFFER: usize = 4096;
 
 /// Entries by kind, keyed compactly (`Box<str>`: two words, no spare capacity).
 #[derive(Debug, Default)]
@@ -124,7 +138,13 @@ impl RevocationMirror {
         Self {
             tables: RwLock::new(Tables::default()),
             last_synced_ms: AtomicI64::new(i64::MIN),
+            changes: tokio::sync::broadcast::channel(CHANGE_BUFFER).0,
         }
+    }
+
+    /// Follows the entries this mirror applies from the feed (and its full reloads).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MirrorChange> {
+        self.changes.subscribe()
     }
 
     /// Why `c` is revoked at `now`, or `None` if no live entry covers it.
@@ -181,10 +201,21 @@ impl RevocationMirror {
     /// [`prune`](Self::prune).
     pub fn apply(&self, entry: RevocationEntry, cursor: Option<&str>) {
         let entry = entry.normalized();
-        let mut t = self.write();
-        t.insert(entry);
-        if let Some(cursor) = cursor {
-            t.cursor = Some(cursor.to_string());
+        let announce = match cursor {
+            Some(c) if self.changes.receiver_count() > 0 => Some((c.to_string(), entry.clone())),
+            _ => None,
+        };
+        {
+            let mut t = self.write();
+            t.insert(entry);
+            if let Some(cursor) = cursor {
+                t.cursor = Some(cursor.to_string());
+            }
+        }
+        if let Some(change) = announce {
+            let _ = self
+                .changes
+                .send(MirrorChange::Applied(std::sync::Arc::new(change)));
         }
     }
 
@@ -202,6 +233,7 @@ impl RevocationMirror {
         }
         fresh.cursor = Some(cursor);
         *self.write() = fresh;
+        let _ = self.changes.send(MirrorChange::Reloaded);
     }
 
     /// Where the feed resumes; `None` before the first load.
