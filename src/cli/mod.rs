@@ -3,6 +3,7 @@
 //! Every command exits 0 on success, and otherwise prints one clear line on stderr and
 //! exits non-zero (2 for usage errors, which clap reports).
 
+mod admin;
 mod dev;
 mod keys;
 mod policy;
@@ -34,6 +35,17 @@ enum Command {
     /// Check or explain a policy offline.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Revoke credentials (one, an identity's, a source's, or all before a time).
+    Revoke(admin::RevokeArgs),
+    /// Lock a SPIFFE ID: nothing new is issued to it, and what it holds is revoked.
+    Lock(admin::LockArgs),
+    /// Unlock a SPIFFE ID.
+    Unlock(admin::UnlockArgs),
+    /// One-time join tokens.
+    #[command(subcommand)]
+    JoinToken(admin::JoinTokenCommand),
+    /// List the identity inventory.
+    Identities(admin::IdentitiesArgs),
 }
 
 /// A command's failure: the one line printed on stderr, and the exit code.
@@ -78,6 +90,11 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Keys(cmd) => keys::run(cmd),
             Command::Policy(cmd) => policy::run(cmd),
+            Command::Revoke(args) => admin::revoke(args).await,
+            Command::Lock(args) => admin::lock(args).await,
+            Command::Unlock(args) => admin::unlock(args).await,
+            Command::JoinToken(cmd) => admin::join_token(cmd).await,
+            Command::Identities(args) => admin::identities(args).await,
         }
     });
     match result {
