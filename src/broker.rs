@@ -286,6 +286,20 @@ impl Broker {
         })
     }
 
+    /// With `fail_open`, a store outage must not stop issuance: the failed inventory or
+    /// rate-limit write is logged and counted instead. Without it, the request fails closed.
+    /// (Join tokens and one-time platform tokens stay strict either way: single use cannot
+    /// be promised without the store.)
+    fn tolerate_store_error(&self, e: StoreError) -> Result<(), BrokerError> {
+        if self.config.revocation.fail_open {
+            tracing::warn!(error = %e, "store write skipped (fail_open)");
+            metrics::counter!("credbroker_redis_errors_total").increment(1);
+            Ok(())
+        } else {
+            Err(e.into())
+        }
+    }
+
     /// Turns presented evidence into an attestation.
     pub async fn attest_token(&self, token: &PresentedToken) -> Result<Attestation, BrokerError> {
         match token {
@@ -383,12 +397,14 @@ impl Broker {
         if let Some(rate) = &grant.rate {
             let key = format!("{}|{}", grant.rule, grant.spiffe_id);
             let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
-            if let Err(retry_after) = self
+            match self
                 .store
                 .take_rate_token(&key, rate.capacity, rate.period, now_ms)
-                .await?
+                .await
             {
-                return Err(BrokerError::RateLimited { retry_after });
+                Ok(Ok(())) => {}
+                Ok(Err(retry_after)) => return Err(BrokerError::RateLimited { retry_after }),
+                Err(e) => self.tolerate_store_error(e)?,
             }
         }
         Ok(grant)
@@ -432,7 +448,9 @@ impl Broker {
             expires_at,
             event,
         };
-        self.store.record_issuance(&record).await?;
+        if let Err(e) = self.store.record_issuance(&record).await {
+            self.tolerate_store_error(e)?;
+        }
         metrics::counter!("credbroker_issued_total", "type" => credential_type.to_string())
             .increment(1);
         Ok(())
