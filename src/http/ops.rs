@@ -37,6 +37,15 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let staleness = state.broker.mirror_staleness();
+    metrics::gauge!("credbroker_mirror_staleness_seconds").set(
+        if staleness == std::time::Duration::MAX {
+            f64::INFINITY
+        } else {
+            staleness.as_secs_f64()
+        },
+    );
+    metrics::gauge!("credbroker_mirror_entries").set(state.broker.mirror().len() as f64);
     match &state.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
