@@ -715,8 +715,14 @@ async fn discovery_health_and_metrics_endpoints() {
         .unwrap();
     assert!(text.contains("credbroker_issued_total"), "{text}");
     assert!(text.contains("credbroker_denied_total"), "{text}");
-    assert!(text.contains("credbroker_http_request_duration_seconds_bucket"), "{text}");
-    assert!(text.contains("credbroker_mirror_staleness_seconds"), "{text}");
+    assert!(
+        text.contains("credbroker_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("credbroker_mirror_staleness_seconds"),
+        "{text}"
+    );
 
     // Plain HTTP serves the same endpoints when configured.
     let r = support::broker::plain_client()

@@ -115,43 +115,49 @@ impl BrokerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn credbroker serve");
+        // Lines are read on a thread so a broker that hangs fails the test instead of hanging it.
         let stdout = child.stdout.take().unwrap();
-        let mut reader = BufReader::new(stdout);
-        let (mut https, mut http) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut line = String::new();
-        while https.is_none() && Instant::now() < deadline {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                let status = child.wait().ok();
-                panic!("credbroker serve exited before listening: {status:?}");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                let _ = tx.send(line.trim().to_string());
+                line.clear();
             }
-            if let Some(a) = line.trim().strip_prefix("listening https://") {
-                https = a.parse().ok();
-            } else if let Some(a) = line.trim().strip_prefix("listening http://") {
-                http = a.parse().ok();
-            }
-        }
-        // The HTTP line follows the HTTPS line when both are configured.
+        });
         let wants_http = std::fs::read_to_string(config_path)
             .map(|c| c.lines().any(|l| l.trim_start().starts_with("listen_http")))
             .unwrap_or(false);
-        if http.is_none() && wants_http {
-            line.clear();
-            let _ = reader.read_line(&mut line);
-            if let Some(a) = line.trim().strip_prefix("listening http://") {
-                http = a.parse().ok();
+        let (mut https, mut http) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (https.is_none() || (wants_http && http.is_none())) && Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    if let Some(a) = line.strip_prefix("listening https://") {
+                        https = a.parse().ok();
+                    } else if let Some(a) = line.strip_prefix("listening http://") {
+                        http = a.parse().ok();
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!("credbroker serve exited before listening: {status}");
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().ok();
+                    panic!("credbroker serve exited before listening: {status:?}");
+                }
             }
         }
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while reader.read_line(&mut sink).unwrap_or(0) > 0 {
-                sink.clear();
-            }
-        });
+        let Some(https) = https else {
+            let _ = child.kill();
+            panic!("credbroker serve did not announce its HTTPS address within 20 s");
+        };
         BrokerProcess {
             child,
-            https: https.expect("broker announced its HTTPS address"),
+            https,
             http,
             config_path: config_path.to_path_buf(),
         }
