@@ -156,18 +156,8 @@ fn json_entry(
 
 /// RFC 7009: `token=<JWT>` revokes that credential, kept until it would have expired.
 fn rfc7009_entry(state: &AppState, body: &[u8], now: i64) -> Result<RevocationEntry, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-        .map_err(|_| ApiError::invalid_request("the body is not valid form-urlencoded data"))?;
-    let tokens: Vec<&String> = pairs
-        .iter()
-        .filter(|(k, _)| k == "token")
-        .map(|(_, v)| v)
-        .collect();
-    let [token] = tokens.as_slice() else {
-        return Err(ApiError::invalid_request(
-            "give the `token` parameter exactly once",
-        ));
-    };
+    let token = super::token_param(body)?;
+    let token = token.as_str();
     let payload = state
         .broker
         .keys()

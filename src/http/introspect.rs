@@ -23,18 +23,8 @@ pub async fn introspect(
         .broker
         .ensure_fresh()
         .map_err(|e| ApiError::from_broker(&e, super::error::Door::Protected))?;
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
-        .map_err(|_| ApiError::invalid_request("the body is not valid form-urlencoded data"))?;
-    let tokens: Vec<&String> = pairs
-        .iter()
-        .filter(|(k, _)| k == "token")
-        .map(|(_, v)| v)
-        .collect();
-    let [token] = tokens.as_slice() else {
-        return Err(ApiError::invalid_request(
-            "give the `token` parameter exactly once",
-        ));
-    };
+    let token = super::token_param(&body)?;
+    let token = token.as_str();
     let broker = &state.broker;
     let leeway = broker.config().jwt.leeway.0.as_secs() as i64;
     let answer = match svid::attest_jwt(
