@@ -9,9 +9,8 @@
 //! cannot be answered without a fetch — the cold cache, an unknown `kid` — wait, and they
 //! share the one fetch in flight (single flight) instead of starting their own.
 //!
-//! Fetches use rustls with the ring provider and trust only the attestor's `jwks_ca_file`:
-//! no public (web PKI) roots are built in yet, so an `https://` issuer on a public CA
-//! needs a roots crate (webpki-roots or rustls-platform-verifier) before it can be fetched.
+//! Fetches use rustls with the ring provider and trust the attestor's `jwks_ca_file` when
+//! it is set (a private issuer), and the public web PKI roots (`webpki-roots`) otherwise.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -618,8 +617,8 @@ fn describe(e: reqwest::Error) -> String {
     }
 }
 
-/// The HTTP client for one `jwks_url`: rustls with the ring provider, trusting only the
-/// attestor's `jwks_ca_file` (see the module docs about public roots).
+/// The HTTP client for one `jwks_url`: rustls with the ring provider, trusting the
+/// attestor's `jwks_ca_file` when set, and the public web PKI roots otherwise.
 fn http_client(cfg: &AttestorConfig, url: &str) -> Result<reqwest::Client, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
@@ -640,12 +639,9 @@ fn http_client(cfg: &AttestorConfig, url: &str) -> Result<reqwest::Client, Strin
                 path.display()
             ));
         }
-    } else if url.starts_with("https://") {
-        tracing::warn!(
-            attestor = %cfg.name,
-            url,
-            "jwks_url is https but no jwks_ca_file is set and no public roots are built in: fetches will fail"
-        );
+    } else {
+        // Public issuers (GitHub, GitLab, cloud OIDC) are served under the web PKI.
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -1006,7 +1002,7 @@ mod tests {
         let mut cfg = bare_config("github");
         cfg.jwks_url = Some(server.url.clone());
 
-        // No jwks_ca_file: no roots at all, so the handshake fails and nothing is trusted.
+        // No jwks_ca_file: only public roots, which do not include the test's private CA.
         let a = JwtAttestor::new(&cfg).unwrap();
         let err = a.attest(&rs256(&claims()), NOW).await.unwrap_err();
         assert!(err.is_unavailable(), "{err}");
