@@ -780,3 +780,48 @@ audiences = ["x"]
         200
     );
 }
+
+#[tokio::test]
+async fn every_configured_key_is_published_and_the_first_signs() {
+    let keys = KeyDir::generate();
+    let issuer = TestIssuer::new();
+    issuer.write_jwks(&keys.path("ci-jwks.json"));
+    std::fs::write(
+        keys.path("next-es256.key"),
+        credbroker::issue::generate_jwt_key_pem().unwrap(),
+    )
+    .unwrap();
+    let config = (base_config(&keys, "store = \"memory\"") + &rules()).replace(
+        "signing_keys = [\"jwt-es256.key\"]",
+        "signing_keys = [\"next-es256.key\", \"jwt-es256.key\"]",
+    );
+    let broker = BrokerProcess::start(&keys, &config);
+    let http = client(&keys, None);
+    let jwks: Value = http
+        .get(broker.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 2, "both keys are published: {jwks}");
+    let token = issuer.sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
+    let resp: Value = http
+        .post(broker.url("/v1/token"))
+        .form(&exchange_form(&token, &[]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let header = decode_segment(resp["access_token"].as_str().unwrap(), 0);
+    assert_eq!(header["kid"], kids[0], "the first configured key signs");
+}
