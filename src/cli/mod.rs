@@ -7,6 +7,7 @@ mod dev;
 mod keys;
 mod policy;
 mod serve;
+mod token;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,8 @@ enum Command {
     /// Check or explain a policy offline.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Swap a CI or platform token for a scoped credential (CI job credential fetch).
+    Token(token::TokenArgs),
 }
 
 /// A command's failure: the one line printed on stderr, and the exit code.
@@ -78,6 +81,7 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Keys(cmd) => keys::run(cmd),
             Command::Policy(cmd) => policy::run(cmd),
+            Command::Token(args) => token::run(args).await,
         }
     });
     match result {
