@@ -110,8 +110,8 @@ fn dockerfile_builds_locked_and_runs_unprivileged() {
     }
     let user = dockerfile
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("USER "))
         .expect("a USER line");
     assert!(
         !user.starts_with("root") && !user.starts_with('0'),
@@ -141,6 +141,13 @@ fn example_configs_load() {
         "offline attestors only"
     );
     assert!(compose_config.contains("redis://redis:6379/"));
+    // The example admin token works against it (the compose workload uses it).
+    let admin = std::fs::read_to_string(repo("keys.example/admin-token")).unwrap();
+    let sha = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        admin.trim().as_bytes(),
+    ));
+    assert!(compose_config.contains(&sha), "token_sha256 of admin-token");
     assert!(compose_config.contains("listen = \"0.0.0.0:8443\""));
 }
 
