@@ -253,6 +253,7 @@ fn every_command_has_help() {
         vec!["keys", "generate", "--help"],
         vec!["policy", "check", "--help"],
         vec!["policy", "explain", "--help"],
+        vec!["token", "--help"],
     ] {
         let out = run_cli(&args);
         assert!(out.status.success(), "{args:?}");
@@ -322,7 +323,11 @@ fn dev_prints_commands_that_work() {
         }
         if t.starts_with(|c: char| c.is_ascii_digit()) && t.contains(')') {
             steps.push(Vec::new());
-        } else if (t.starts_with("curl ") || t.contains(" policy explain ")) && !steps.is_empty() {
+        } else if (t.starts_with("curl ")
+            || t.contains(" policy explain ")
+            || t.contains(" token --from "))
+            && !steps.is_empty()
+        {
             if t.ends_with('\\') {
                 current = Some(t.to_string());
             } else {
@@ -368,6 +373,13 @@ fn dev_prints_commands_that_work() {
     assert!(
         out.contains("demo-ci-main") && out.contains("/ref"),
         "step 5: {out}"
+    );
+
+    // 6) the CI client swaps the demo token for a scoped credential.
+    let (ok, out) = run(&steps[5][0]);
+    assert!(
+        ok && out.contains("access_token") && out.contains("\"scope\":\"read\""),
+        "step 6: {out}"
     );
 
     let _ = child.kill();

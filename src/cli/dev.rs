@@ -342,6 +342,10 @@ One-time join token for {join_id} (valid 1h):
 
   {exe} policy explain --config {dir}/dev-broker.toml --claims <(echo '{{"iss":"{DEMO_ISSUER}","repository":"acme/web","ref":"refs/heads/dev"}}')
 
+6) A CI step does step 1 with the client (in GitHub Actions: --from github-actions --format github-env):
+
+  {exe} token --from env:DEMO_TOKEN --broker {base} --audience demo-api --scope read --format json
+
 Stop with Ctrl-C."#,
         dir = g.dir.display(),
         https = g.https,

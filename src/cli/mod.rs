@@ -8,6 +8,7 @@ mod dev;
 mod keys;
 mod policy;
 mod serve;
+mod token;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,8 @@ enum Command {
     JoinToken(admin::JoinTokenCommand),
     /// List the identity inventory.
     Identities(admin::IdentitiesArgs),
+    /// Swap a CI or platform token for a scoped credential (CI job credential fetch).
+    Token(token::TokenArgs),
 }
 
 /// A command's failure: the one line printed on stderr, and the exit code.
@@ -95,6 +98,7 @@ pub fn main() -> ExitCode {
             Command::Unlock(args) => admin::unlock(args).await,
             Command::JoinToken(cmd) => admin::join_token(cmd).await,
             Command::Identities(args) => admin::identities(args).await,
+            Command::Token(args) => token::run(args).await,
         }
     });
     match result {
