@@ -1,7 +1,6 @@
 //! Admin client commands: `revoke`, `lock`, `unlock`, `join-token create`, `identities`.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -237,7 +236,12 @@ struct AdminClient {
 impl AdminClient {
     fn new(conn: &AdminConn) -> Result<AdminClient, CliError> {
         Ok(AdminClient {
-            http: http_client(conn.ca_file.as_deref())?,
+            http: crate::client::http::build(conn.ca_file.as_deref(), None).map_err(|e| {
+                CliError {
+                    message: e.to_string(),
+                    code: 2,
+                }
+            })?,
             base: conn.broker.trim_end_matches('/').to_string(),
             token: conn.admin_token.clone(),
         })
@@ -265,7 +269,7 @@ impl AdminClient {
                 message: format!(
                     "cannot reach the broker at {}: {}",
                     self.base,
-                    root_cause(&e)
+                    crate::client::http::describe(&e)
                 ),
                 code: 4,
             })?;
@@ -283,33 +287,4 @@ impl AdminClient {
             code: 3,
         })
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
-}
-
-/// A reqwest client with rustls (ring), trusting `ca_file` when given.
-pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, CliError> {
-    crate::tls::install_default_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(path) = ca_file {
-        for cert in crate::tls::load_certs(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(30))
-        .build()?)
 }
