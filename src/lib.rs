@@ -10,6 +10,7 @@ pub mod attest;
 pub mod broker;
 pub mod claims;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod governance;

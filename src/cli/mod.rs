@@ -3,6 +3,7 @@
 //! Every command exits 0 on success, and otherwise prints one clear line on stderr and
 //! exits non-zero (2 for usage errors, which clap reports).
 
+mod agent;
 mod dev;
 mod keys;
 mod policy;
@@ -34,6 +35,8 @@ enum Command {
     /// Check or explain a policy offline.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Get an X.509-SVID for this workload and keep it renewed over mTLS.
+    Agent(agent::AgentArgs),
 }
 
 /// A command's failure: the one line printed on stderr, and the exit code.
@@ -78,6 +81,7 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Keys(cmd) => keys::run(cmd),
             Command::Policy(cmd) => policy::run(cmd),
+            Command::Agent(args) => agent::run(args).await,
         }
     });
     match result {

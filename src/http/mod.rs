@@ -6,10 +6,12 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bundle;
 pub mod error;
 pub mod introspect;
 pub mod listener;
 pub mod ops;
+pub mod svid;
 pub mod token;
 pub mod wellknown;
 
@@ -137,6 +139,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/locks", get(admin::locks))
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/identities", get(admin::identities))
+        .route("/v1/svid", post(svid::issue))
+        .route("/v1/bundle", get(bundle::bundle))
+        .route("/v1/bundle.pem", get(bundle::bundle_pem))
+        .route("/v1/crl", get(bundle::crl))
         .route("/.well-known/jwks.json", get(wellknown::jwks))
         .route(
             "/.well-known/openid-configuration",

@@ -1,0 +1,3 @@
+//! What runs on the workload side: `agent` bootstrap and renewal.
+
+pub mod agent;
