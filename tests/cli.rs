@@ -322,7 +322,11 @@ fn dev_prints_commands_that_work() {
         }
         if t.starts_with(|c: char| c.is_ascii_digit()) && t.contains(')') {
             steps.push(Vec::new());
-        } else if (t.starts_with("curl ") || t.contains(" policy explain ")) && !steps.is_empty() {
+        } else if (t.starts_with("curl ")
+            || t.contains(" policy explain ")
+            || t.contains(" agent --once "))
+            && !steps.is_empty()
+        {
             if t.ends_with('\\') {
                 current = Some(t.to_string());
             } else {
@@ -330,7 +334,7 @@ fn dev_prints_commands_that_work() {
             }
         }
     }
-    assert!(steps.len() >= 5, "expected numbered steps:\n{printed}");
+    assert!(steps.len() >= 6, "expected numbered steps:\n{printed}");
     let run = |cmd: &str| {
         let script = format!("{}\n{cmd}", exports.join("\n"));
         let out = Command::new("bash")
@@ -368,6 +372,21 @@ fn dev_prints_commands_that_work() {
     assert!(
         out.contains("demo-ci-main") && out.contains("/ref"),
         "step 5: {out}"
+    );
+
+    // 6) the agent bootstraps over the mTLS door; its SVID then gets a JWT with client_credentials.
+    let (ok, out) = run(&steps[5][0]);
+    assert!(ok, "step 6 agent: {out}");
+    for file in ["svid.pem", "svid.key", "bundle.pem"] {
+        assert!(
+            data.path().join("agent").join(file).exists(),
+            "step 6: {file}"
+        );
+    }
+    let (ok, out) = run(&steps[5][1]);
+    assert!(
+        ok && out.contains("access_token"),
+        "step 6 client_credentials: {out}"
     );
 
     let _ = child.kill();
