@@ -253,6 +253,7 @@ fn every_command_has_help() {
         vec!["keys", "generate", "--help"],
         vec!["policy", "check", "--help"],
         vec!["policy", "explain", "--help"],
+        vec!["agent", "--help"],
     ] {
         let out = run_cli(&args);
         assert!(out.status.success(), "{args:?}");
