@@ -4,6 +4,8 @@
 //! [`BrokerError`] back to an OAuth error; everything in between happens in this file,
 //! so the path a credential takes through the broker reads top to bottom.
 
+mod x509;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,7 +115,10 @@ pub struct Broker {
     policy: Policy,
     store: Store,
     mirror: Arc<RevocationMirror>,
+    x509: x509::X509State,
 }
+
+pub use x509::{SvidIssued, refresh_after};
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,6 +155,7 @@ impl Broker {
         let keys = SigningKeys::load(&config.jwt.signing_keys)?;
         let jwt_attestors = JwtAttestors::new(&config.attestors)?;
         let policy = Policy::compile(&config)?;
+        let x509 = x509::X509State::load(&config)?;
         Ok(Broker {
             config,
             clock,
@@ -158,6 +164,7 @@ impl Broker {
             policy,
             store,
             mirror,
+            x509,
         })
     }
 
@@ -486,15 +493,6 @@ impl Broker {
             .iter()
             .find(|a| a.kind == crate::config::AttestorKind::JoinToken)
             .map(|a| a.name.as_str())
-    }
-
-    /// Checks a client certificate chain as an X.509-SVID this broker issued; returns
-    /// its SPIFFE ID.
-    pub fn verify_peer_svid(
-        &self,
-        _certs: &crate::tls::PeerCertificates,
-    ) -> Result<String, String> {
-        Err("X.509-SVID authentication is not available in this build".into())
     }
 }
 

@@ -254,6 +254,7 @@ fn every_command_has_help() {
         vec!["policy", "check", "--help"],
         vec!["policy", "explain", "--help"],
         vec!["token", "--help"],
+        vec!["agent", "--help"],
     ] {
         let out = run_cli(&args);
         assert!(out.status.success(), "{args:?}");
@@ -325,7 +326,8 @@ fn dev_prints_commands_that_work() {
             steps.push(Vec::new());
         } else if (t.starts_with("curl ")
             || t.contains(" policy explain ")
-            || t.contains(" token --from "))
+            || t.contains(" token --from ")
+            || t.contains(" agent --once "))
             && !steps.is_empty()
         {
             if t.ends_with('\\') {
@@ -335,7 +337,7 @@ fn dev_prints_commands_that_work() {
             }
         }
     }
-    assert!(steps.len() >= 5, "expected numbered steps:\n{printed}");
+    assert!(steps.len() >= 6, "expected numbered steps:\n{printed}");
     let run = |cmd: &str| {
         let script = format!("{}\n{cmd}", exports.join("\n"));
         let out = Command::new("bash")
@@ -380,6 +382,20 @@ fn dev_prints_commands_that_work() {
     assert!(
         ok && out.contains("access_token") && out.contains("\"scope\":\"read\""),
         "step 6: {out}"
+    );
+    // 7) the agent bootstraps over the mTLS door; its SVID then gets a JWT with client_credentials.
+    let (ok, out) = run(&steps[6][0]);
+    assert!(ok, "step 7 agent: {out}");
+    for file in ["svid.pem", "svid.key", "bundle.pem"] {
+        assert!(
+            data.path().join("agent").join(file).exists(),
+            "step 7: {file}"
+        );
+    }
+    let (ok, out) = run(&steps[6][1]);
+    assert!(
+        ok && out.contains("access_token"),
+        "step 7 client_credentials: {out}"
     );
 
     let _ = child.kill();

@@ -7,7 +7,9 @@
 pub mod join_token;
 pub mod jwks;
 pub mod jwt;
+pub mod mtls;
 pub mod svid;
+pub mod x509svid;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

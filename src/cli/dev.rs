@@ -93,6 +93,23 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             Duration::from_secs(DEMO_TOKEN_LIFETIME as u64),
         )
         .await?;
+    // A second join token, for the agent step of the guide (the first is used by step 3).
+    let agent_join =
+        join_token::new_token().map_err(|_| CliError::new("no randomness available"))?;
+    let agent_id = "spiffe://example.org/host/demo-agent";
+    server
+        .broker()
+        .store()
+        .put_join_token(
+            &join_token::token_hash(&agent_join),
+            &JoinTokenRecord {
+                spiffe_id: agent_id.into(),
+                created_at: now,
+                expires_at: now + DEMO_TOKEN_LIFETIME,
+            },
+            Duration::from_secs(DEMO_TOKEN_LIFETIME as u64),
+        )
+        .await?;
     let main_token = demo_token(&demo_keys, "acme/web", "refs/heads/main", now)?;
     let dev_token = demo_token(&demo_keys, "acme/web", "refs/heads/dev", now)?;
     super::serve::announce(&server);
@@ -106,6 +123,8 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         join_id,
         main_token: &main_token,
         dev_token: &dev_token,
+        agent_join: &agent_join,
+        agent_id,
     });
     shutdown_signal().await;
     server.shutdown().await;
@@ -292,6 +311,8 @@ struct Guide<'a> {
     join_id: &'a str,
     main_token: &'a str,
     dev_token: &'a str,
+    agent_join: &'a str,
+    agent_id: &'a str,
 }
 
 fn print_guide(g: &Guide<'_>) {
@@ -346,6 +367,12 @@ One-time join token for {join_id} (valid 1h):
 
   {exe} token --from env:DEMO_TOKEN --broker {base} --audience demo-api --scope read --format json
 
+7) The mTLS door: a workload makes its own key, gets an X.509-SVID for {agent_id}
+   with a second one-time join token, and (without --once) keeps it renewed over mTLS:
+
+  {exe} agent --once --attest join-token:{agent_join} --out {dir}/agent --broker https://{https} --ca-file {dir}/ca.pem
+  curl -s --cacert {dir}/ca.pem --cert {dir}/agent/svid.pem --key {dir}/agent/svid.key https://{https}/v1/token -d grant_type=client_credentials -d audience=inventory
+
 Stop with Ctrl-C."#,
         dir = g.dir.display(),
         https = g.https,
@@ -354,6 +381,8 @@ Stop with Ctrl-C."#,
         join_id = g.join_id,
         main_token = g.main_token,
         dev_token = g.dev_token,
+        agent_join = g.agent_join,
+        agent_id = g.agent_id,
         exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "credbroker".into()),

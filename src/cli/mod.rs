@@ -4,6 +4,7 @@
 //! exits non-zero (2 for usage errors, which clap reports).
 
 mod admin;
+mod agent;
 mod dev;
 mod keys;
 mod policy;
@@ -49,6 +50,8 @@ enum Command {
     Identities(admin::IdentitiesArgs),
     /// Swap a CI or platform token for a scoped credential (CI job credential fetch).
     Token(token::TokenArgs),
+    /// Get an X.509-SVID for this workload and keep it renewed over mTLS.
+    Agent(agent::AgentArgs),
 }
 
 /// A command's failure: the one line printed on stderr, and the exit code.
@@ -99,6 +102,7 @@ pub fn main() -> ExitCode {
             Command::JoinToken(cmd) => admin::join_token(cmd).await,
             Command::Identities(args) => admin::identities(args).await,
             Command::Token(args) => token::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
         }
     });
     match result {

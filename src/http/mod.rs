@@ -6,11 +6,13 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bundle;
 pub mod error;
 pub mod introspect;
 pub mod listener;
 pub mod ops;
 pub mod revocations;
+pub mod svid;
 pub mod token;
 pub mod wellknown;
 
@@ -156,6 +158,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/identities", get(admin::identities))
         .route("/v1/revocations", get(revocations::feed))
         .route("/v1/revocations/stream", get(revocations::stream))
+        .route("/v1/svid", post(svid::issue))
+        .route("/v1/bundle", get(bundle::bundle))
+        .route("/v1/bundle.pem", get(bundle::bundle_pem))
+        .route("/v1/crl", get(bundle::crl))
         .route("/.well-known/jwks.json", get(wellknown::jwks))
         .route(
             "/.well-known/openid-configuration",

@@ -174,11 +174,7 @@ pub async fn token(
         .ok_or_else(|| ApiError::invalid_request("missing parameter `grant_type`"))?;
     match grant_type {
         GRANT_TOKEN_EXCHANGE => token_exchange(&state, &conn, &form).await,
-        GRANT_CLIENT_CREDENTIALS => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client_credentials requires a client certificate over mTLS, which this broker does not accept yet",
-        )),
+        GRANT_CLIENT_CREDENTIALS => client_credentials(&state, &conn, &form).await,
         other => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -218,6 +214,27 @@ async fn token_exchange(
         .await
         .map(TokenResponse::new)
         .map_err(|e| ApiError::from_broker(&e, Door::TokenExchange))
+}
+
+/// `client_credentials` over mTLS (SPEC §6.1): the client certificate is the attestation;
+/// no or an untrusted certificate → 401 `invalid_client`, no rule → 400 `unauthorized_client`.
+async fn client_credentials(
+    state: &AppState,
+    conn: &ConnInfo,
+    form: &TokenForm,
+) -> Result<TokenResponse, ApiError> {
+    if form.subject_token.is_some() || form.actor_token.is_some() {
+        return Err(ApiError::invalid_request(
+            "client_credentials takes no subject_token or actor_token",
+        ));
+    }
+    let ask = form.ask()?;
+    state
+        .broker
+        .client_credentials(conn.peer_certs.as_ref(), &ask, &conn.caller())
+        .await
+        .map(TokenResponse::new)
+        .map_err(|e| ApiError::from_broker(&e, Door::ClientCredentials))
 }
 
 /// Classifies a presented token by its RFC 8693 token type.

@@ -3,6 +3,7 @@
 //! [`keys`] loads the JWT signing keys once (first = active, the rest published only) and
 //! keeps ready josekit signers and verifiers; [`jwt`] turns a policy grant into a signed
 //! JWT-SVID (SPEC §5.1); [`lineage`] computes a descendant credential's `chain` (SPEC §6.3);
+//! [`x509`] mints X.509-SVIDs from CSRs and signs the CRL (SPEC §5.2, §6.4);
 //! [`keygen`] writes a complete, working key set and `broker.toml` (`credbroker keys generate`).
 
 pub mod error;
@@ -10,6 +11,7 @@ pub mod jwt;
 pub mod keygen;
 pub mod keys;
 pub mod lineage;
+pub mod x509;
 
 pub use error::KeyError;
 pub use jwt::{IssuedJwt, JwtRequest, mint, new_credential_id};

@@ -1,0 +1,256 @@
+//! X.509-SVID issuance throughput and latency beside the raw ceiling, and the cost of an
+//! mTLS handshake (SPEC §11).
+//!
+//! `cargo run --release --example bench_svid [-- SECONDS]`
+//!
+//! 1. The ceiling: parse + verify one P-256 CSR and build + sign one X.509-SVID with the
+//!    broker's own code (`VerifiedCsr::parse` + `X509Ca::mint`), on one core and on all.
+//! 2. `POST /v1/svid` over HTTPS keep-alive connections on loopback, attested by the
+//!    example client certificate (`mtls` attestor, verified per request), memory store,
+//!    at concurrency 1, 16 and 64.
+//! 3. New mTLS connections per second (full handshake with a client certificate, then one
+//!    `GET /healthz`), at concurrency 16.
+
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bench_support::{BenchBroker, LoadResult, all_cores, one_core};
+use credbroker::issue::x509::{Lineage, SvidRequest, VerifiedCsr, X509Ca};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+fn main() {
+    let seconds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let level_time = Duration::from_secs(seconds);
+    let dir = tempfile::tempdir().expect("tempdir");
+    credbroker::issue::keygen::generate(&credbroker::issue::KeygenOptions::new(dir.path()))
+        .expect("keys");
+    credbroker::tls::install_default_provider();
+
+    // CSRs from P-256 keys (a small pool; the broker does not care that keys repeat).
+    let csrs: Arc<Vec<String>> = Arc::new(
+        (0..32)
+            .map(|_| {
+                let key = KeyPair::generate().expect("key");
+                let mut params = CertificateParams::default();
+                params.distinguished_name = DistinguishedName::new();
+                params.serialize_request(&key).unwrap().pem().unwrap()
+            })
+            .collect(),
+    );
+
+    // ---- 1. the ceiling
+    let x509 = credbroker::config::X509Config {
+        ca_cert: dir.path().join("ca.pem"),
+        ca_key: dir.path().join("ca.key"),
+        bundle: None,
+        default_ttl: credbroker::config::Dur(Duration::from_secs(600)),
+        max_ttl: credbroker::config::Dur(Duration::from_secs(3600)),
+        crl_next_update: credbroker::config::Dur(Duration::from_secs(300)),
+    };
+    let ca = Arc::new(X509Ca::load(&x509).expect("ca"));
+    let lineage = Arc::new(Lineage {
+        src: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+        rule: "bench".into(),
+        chain: Vec::new(),
+    });
+    let op = {
+        let (ca, csrs, lineage) = (ca.clone(), csrs.clone(), lineage.clone());
+        move || {
+            let csr = VerifiedCsr::parse(csrs[0].as_bytes()).expect("csr");
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let req = SvidRequest {
+                spiffe_id: "spiffe://example.org/host/bench",
+                ttl: Duration::from_secs(600),
+                now,
+                lineage: &lineage,
+            };
+            let _ = ca.mint(&csr, &req).expect("mint");
+        }
+    };
+    let ceiling_time = Duration::from_secs(2);
+    let one = one_core(ceiling_time, op.clone());
+    let all = all_cores(ceiling_time, op);
+    println!("== ceiling: verify one P-256 CSR + build and sign one X.509-SVID (P-256 CA)");
+    println!("   {one:>8.0}/s one core   {all:>8.0}/s all cores");
+
+    // ---- 2. the real endpoint
+    let config_path = dir.path().join("bench-svid.toml");
+    std::fs::write(&config_path, CONFIG).unwrap();
+    let broker = BenchBroker::start(&config_path);
+    let https = broker.https.expect("https");
+    let url = format!("https://localhost:{}/v1/svid", https.port());
+    let tls = client_tls(dir.path());
+    println!(
+        "\n== POST /v1/svid, P-256 CSR, mTLS attestation (mtls attestor), HTTPS keep-alive on loopback"
+    );
+    println!(
+        "   {:>5} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "conns", "SVIDs/s", "p50 ms", "p99 ms", "ceiling%", "errors"
+    );
+    for conns in [1usize, 16, 64] {
+        let url = url.clone();
+        let csrs = csrs.clone();
+        let result = drive(conns, level_time, &tls, true, move |client, i| {
+            let url = url.clone();
+            let body = serde_json::json!({"csr": csrs[i % csrs.len()]});
+            async move {
+                match client.post(&url).json(&body).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        });
+        println!(
+            "   {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}",
+            conns,
+            result.rate(),
+            result.percentile_ms(50.0),
+            result.percentile_ms(99.0),
+            100.0 * result.rate() / all,
+            result.failed
+        );
+    }
+
+    // ---- 3. mTLS handshakes
+    let health = format!("https://localhost:{}/healthz", https.port());
+    let result = drive(16, level_time, &tls, false, move |client, _| {
+        let url = health.clone();
+        async move {
+            match client.get(&url).send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    });
+    println!("\n== new mTLS connections (full handshake with client certificate + GET /healthz)");
+    println!(
+        "   16 conns: {:>8.0} handshakes/s   p50 {:.2} ms   p99 {:.2} ms   errors {}",
+        result.rate(),
+        result.percentile_ms(50.0),
+        result.percentile_ms(99.0),
+        result.failed
+    );
+    drop(broker);
+}
+
+const CONFIG: &str = r#"trust_domain = "example.org"
+issuer = "https://broker.bench"
+[server]
+listen = "127.0.0.1:0"
+tls_cert = "broker-tls.pem"
+tls_key = "broker-tls.key"
+listen_http = "127.0.0.1:0"
+[jwt]
+signing_keys = ["jwt-es256.key"]
+[x509]
+ca_cert = "ca.pem"
+ca_key = "ca.key"
+[revocation]
+store = "memory"
+[[attestor]]
+name = "legacy-pki"
+kind = "mtls"
+ca_bundle = "attestation-ca.pem"
+[[rule]]
+name = "hosts"
+attestor = "legacy-pki"
+owner = "team-bench"
+match = { "/subject/o" = "acme-hosts" }
+spiffe_id = "spiffe://example.org/host/{/subject/cn}"
+credentials = ["x509"]
+"#;
+
+/// A rustls client config trusting the broker's CA and presenting the example client cert.
+fn client_tls(dir: &Path) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(dir.join("client.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("client.key")).unwrap();
+    rustls::ClientConfig::builder_with_provider(credbroker::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap()
+}
+
+/// Like `bench_support::drive`, with HTTPS clients: `keep_alive = false` opens a new
+/// connection (full TLS handshake) for every request.
+fn drive<F, Fut>(
+    connections: usize,
+    duration: Duration,
+    tls: &rustls::ClientConfig,
+    keep_alive: bool,
+    make_request: F,
+) -> LoadResult
+where
+    F: Fn(reqwest::Client, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    runtime.block_on(async move {
+        let start = Instant::now();
+        let deadline = start + duration;
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let make = make_request.clone();
+            let client = reqwest::Client::builder()
+                .tls_backend_preconfigured(tls.clone())
+                .pool_max_idle_per_host(usize::from(keep_alive))
+                .http1_only()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client");
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let (mut ok, mut failed) = (0usize, 0usize);
+                for i in 0..2_000_000usize {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    let t = Instant::now();
+                    if make(client.clone(), i).await {
+                        ok += 1;
+                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (ok, failed, lat)
+            }));
+        }
+        let mut result = LoadResult {
+            ok: 0,
+            failed: 0,
+            elapsed: Duration::ZERO,
+            latencies_us: Vec::new(),
+        };
+        for t in tasks {
+            if let Ok((ok, failed, lat)) = t.await {
+                result.ok += ok;
+                result.failed += failed;
+                result.latencies_us.extend(lat);
+            }
+        }
+        result.elapsed = start.elapsed();
+        result
+    })
+}

@@ -1,0 +1,63 @@
+use super::*;
+use rcgen::{CertificateParams, KeyPair};
+
+fn csr_pem(key: &KeyPair) -> String {
+    let mut params = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+#[test]
+fn lineage_round_trips_through_der() {
+    let l = Lineage {
+        src: "abc".into(),
+        rule: "r".into(),
+        chain: vec!["01".into(); 10],
+    };
+    assert_eq!(Lineage::from_der(&l.to_der()), Some(l));
+    let long = Lineage {
+        src: "x".repeat(300),
+        rule: "r".into(),
+        chain: Vec::new(),
+    };
+    assert_eq!(Lineage::from_der(&long.to_der()), Some(long));
+    assert_eq!(Lineage::from_der(&[0x0c, 0x85, 1]), None);
+    assert_eq!(Lineage::from_der(&[]), None);
+}
+
+#[test]
+fn accepts_every_listed_key_type() {
+    for alg in [
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        &rcgen::PKCS_ECDSA_P384_SHA384,
+        &rcgen::PKCS_ED25519,
+    ] {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let csr = VerifiedCsr::parse(csr_pem(&key).as_bytes()).unwrap();
+        assert_eq!(csr.der_bytes(), key.public_key_raw());
+    }
+}
+
+#[test]
+fn refuses_garbage_and_tampered_requests() {
+    assert_eq!(VerifiedCsr::parse(b"  ").err(), Some(CsrError::Empty));
+    assert_eq!(
+        VerifiedCsr::parse(b"garbage").err(),
+        Some(CsrError::Malformed)
+    );
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["a.example".to_string()]).unwrap();
+    let mut der = params.serialize_request(&key).unwrap().der().to_vec();
+    // Flip a bit inside the signature (the last bytes).
+    let n = der.len();
+    der[n - 3] ^= 0x01;
+    assert_eq!(VerifiedCsr::parse(&der).err(), Some(CsrError::BadSignature));
+}
+
+#[test]
+fn serials_are_hex_without_leading_zeros() {
+    assert_eq!(serial_hex(&[0, 0x0a, 0xbc]), "abc");
+    assert_eq!(serial_hex(&[0]), "0");
+    assert_eq!(serial_bytes("abc"), Some(vec![0x0a, 0xbc]));
+    assert!(is_serial("40ab") && !is_serial("xyz") && !is_serial(""));
+}
