@@ -93,13 +93,17 @@ fn json_entry(
         ));
     }
     if req.issued_before.is_some() && req.spiffe_id.is_none() {
-        return Err(ApiError::invalid_request("issued_before goes with spiffe_id only"));
+        return Err(ApiError::invalid_request(
+            "issued_before goes with spiffe_id only",
+        ));
     }
     let reason = reason(req.reason)?;
     let entry = if let Some(id) = req.credential_id {
         let id = normalize_credential_id(id.trim());
         if id.is_empty() || id.len() > 128 {
-            return Err(ApiError::invalid_request("credential_id is empty or too long"));
+            return Err(ApiError::invalid_request(
+                "credential_id is empty or too long",
+            ));
         }
         RevocationEntry {
             kind: EntryKind::Credential,
@@ -123,7 +127,9 @@ fn json_entry(
         }
     } else if let Some(source) = req.source {
         if source.attestor.is_empty() || source.subject.is_empty() {
-            return Err(ApiError::invalid_request("source needs attestor and subject"));
+            return Err(ApiError::invalid_request(
+                "source needs attestor and subject",
+            ));
         }
         RevocationEntry {
             kind: EntryKind::Source,
@@ -133,7 +139,10 @@ fn json_entry(
             reason,
         }
     } else {
-        let before = parse_time(req.all_issued_before.as_deref().unwrap_or_default(), "all_issued_before")?;
+        let before = parse_time(
+            req.all_issued_before.as_deref().unwrap_or_default(),
+            "all_issued_before",
+        )?;
         RevocationEntry {
             kind: EntryKind::All,
             value: String::new(),
@@ -149,16 +158,25 @@ fn json_entry(
 fn rfc7009_entry(state: &AppState, body: &[u8], now: i64) -> Result<RevocationEntry, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
         .map_err(|_| ApiError::invalid_request("the body is not valid form-urlencoded data"))?;
-    let tokens: Vec<&String> = pairs.iter().filter(|(k, _)| k == "token").map(|(_, v)| v).collect();
+    let tokens: Vec<&String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "token")
+        .map(|(_, v)| v)
+        .collect();
     let [token] = tokens.as_slice() else {
-        return Err(ApiError::invalid_request("give the `token` parameter exactly once"));
+        return Err(ApiError::invalid_request(
+            "give the `token` parameter exactly once",
+        ));
     };
     let payload = state
         .broker
         .keys()
         .verify_own(token)
         .map_err(|_| ApiError::invalid_request("the token was not issued by this broker"))?;
-    let jti = payload.get("jti").and_then(Value::as_str).unwrap_or_default();
+    let jti = payload
+        .get("jti")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let exp = payload.get("exp").and_then(Value::as_i64).unwrap_or(now);
     if jti.is_empty() {
         return Err(ApiError::invalid_request("the token has no jti"));
@@ -207,7 +225,12 @@ pub async fn lock(
         expires_at: now + longest,
         reason: reason.clone(),
     };
-    state.broker.store().publish_revocation(&holdings).await.map_err(store_down)?;
+    state
+        .broker
+        .store()
+        .publish_revocation(&holdings)
+        .await
+        .map_err(store_down)?;
     state.broker.mirror().apply(holdings, None);
     let lock = RevocationEntry {
         kind: EntryKind::Lock,
@@ -251,7 +274,12 @@ pub async fn unlock(
         expires_at: now,
         reason: None,
     };
-    state.broker.store().publish_revocation(&removal).await.map_err(store_down)?;
+    state
+        .broker
+        .store()
+        .publish_revocation(&removal)
+        .await
+        .map_err(store_down)?;
     state.broker.mirror().apply(removal, None);
     let event = AuditEvent::new(AuditEventKind::Unlocked, now)
         .identity(id.as_str())
@@ -299,7 +327,9 @@ pub async fn create_join_token(
     let id = parse_spiffe_id(&state, &req.spiffe_id)?;
     let ttl = req.ttl.unwrap_or(DEFAULT_JOIN_TOKEN_TTL);
     if ttl == 0 || ttl > MAX_JOIN_TOKEN_TTL {
-        return Err(ApiError::invalid_request("ttl must be between 1 and 604800 seconds"));
+        return Err(ApiError::invalid_request(
+            "ttl must be between 1 and 604800 seconds",
+        ));
     }
     let attestor = state
         .broker
@@ -319,7 +349,11 @@ pub async fn create_join_token(
     state
         .broker
         .store()
-        .put_join_token(&join_token::token_hash(&token), &record, Duration::from_secs(ttl))
+        .put_join_token(
+            &join_token::token_hash(&token),
+            &record,
+            Duration::from_secs(ttl),
+        )
         .await
         .map_err(store_down)?;
     let event = AuditEvent::new(AuditEventKind::JoinTokenCreated, now)
@@ -333,7 +367,12 @@ pub async fn create_join_token(
         "spiffe_id": id.as_str(),
         "expires_at": rfc3339(expires_at),
     });
-    Ok((StatusCode::CREATED, [(axum::http::header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(body),
+    )
+        .into_response())
 }
 
 /// `?owner=` of `GET /v1/identities`.
@@ -359,7 +398,11 @@ pub async fn identities(
         .await
         .map_err(store_down)?;
     for record in &mut list {
-        record.locked = state.broker.mirror().lock_of(&record.spiffe_id, now).is_some();
+        record.locked = state
+            .broker
+            .mirror()
+            .lock_of(&record.spiffe_id, now)
+            .is_some();
     }
     list.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id));
     Ok(Json(json!({ "identities": list })).into_response())
@@ -373,12 +416,14 @@ async fn publish(
     caller: Option<std::net::IpAddr>,
 ) -> Result<Response, ApiError> {
     let broker = &state.broker;
-    broker.store().publish_revocation(&entry).await.map_err(store_down)?;
+    broker
+        .store()
+        .publish_revocation(&entry)
+        .await
+        .map_err(store_down)?;
     broker.mirror().apply(entry.clone(), None);
     metrics::counter!("credbroker_revoked_total", "kind" => entry.kind.as_str()).increment(1);
-    let mut event = AuditEvent::new(kind, broker.now())
-        .caller(caller)
-;
+    let mut event = AuditEvent::new(kind, broker.now()).caller(caller);
     event = match entry.kind {
         EntryKind::Credential => event.credential(&entry.value),
         EntryKind::All => event,
@@ -389,7 +434,11 @@ async fn publish(
     }
     event.log();
     let _ = broker.store().append_audit(&event).await;
-    let key = if kind == AuditEventKind::Locked { "locked" } else { "revoked" };
+    let key = if kind == AuditEventKind::Locked {
+        "locked"
+    } else {
+        "revoked"
+    };
     Ok(Json(json!({ key: entry })).into_response())
 }
 

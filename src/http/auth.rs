@@ -34,8 +34,17 @@ impl Principal {
     pub fn is_admin(&self, state: &AppState) -> bool {
         match self {
             Principal::AdminToken => true,
-            Principal::Workload { spiffe_id, mtls, .. } => {
-                *mtls && state.broker.config().admin.spiffe_ids.iter().any(|id| id == spiffe_id)
+            Principal::Workload {
+                spiffe_id, mtls, ..
+            } => {
+                *mtls
+                    && state
+                        .broker
+                        .config()
+                        .admin
+                        .spiffe_ids
+                        .iter()
+                        .any(|id| id == spiffe_id)
             }
         }
     }
@@ -114,7 +123,9 @@ pub fn require_admin(
     match authenticate(state, headers, conn)? {
         None => Err(ApiError::unauthenticated("an admin credential is required")),
         Some(p) if p.is_admin(state) => Ok(p),
-        Some(_) => Err(ApiError::forbidden("this credential is not an admin credential")),
+        Some(_) => Err(ApiError::forbidden(
+            "this credential is not an admin credential",
+        )),
     }
 }
 

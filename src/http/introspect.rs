@@ -25,9 +25,15 @@ pub async fn introspect(
         .map_err(|e| ApiError::from_broker(&e, super::error::Door::Protected))?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|_| ApiError::invalid_request("the body is not valid form-urlencoded data"))?;
-    let tokens: Vec<&String> = pairs.iter().filter(|(k, _)| k == "token").map(|(_, v)| v).collect();
+    let tokens: Vec<&String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "token")
+        .map(|(_, v)| v)
+        .collect();
     let [token] = tokens.as_slice() else {
-        return Err(ApiError::invalid_request("give the `token` parameter exactly once"));
+        return Err(ApiError::invalid_request(
+            "give the `token` parameter exactly once",
+        ));
     };
     let broker = &state.broker;
     let leeway = broker.config().jwt.leeway.0.as_secs() as i64;

@@ -10,6 +10,7 @@ pub mod error;
 pub mod introspect;
 pub mod listener;
 pub mod ops;
+pub mod revocations;
 pub mod token;
 pub mod wellknown;
 
@@ -137,6 +138,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/locks", get(admin::locks))
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/identities", get(admin::identities))
+        .route("/v1/revocations", get(revocations::list))
+        .route("/v1/revocations/stream", get(revocations::stream))
         .route("/.well-known/jwks.json", get(wellknown::jwks))
         .route(
             "/.well-known/openid-configuration",
