@@ -4,6 +4,7 @@
 //! exits non-zero (2 for usage errors, which clap reports).
 
 mod dev;
+mod inspect;
 mod keys;
 mod policy;
 mod serve;
@@ -34,6 +35,8 @@ enum Command {
     /// Check or explain a policy offline.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Decode a JWT or PEM certificate; with --broker, verify it against the broker.
+    Inspect(inspect::InspectArgs),
 }
 
 /// A command's failure: the one line printed on stderr, and the exit code.
@@ -78,6 +81,7 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Keys(cmd) => keys::run(cmd),
             Command::Policy(cmd) => policy::run(cmd),
+            Command::Inspect(args) => inspect::run(args).await,
         }
     });
     match result {
