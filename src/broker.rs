@@ -23,6 +23,9 @@ use crate::policy::{Denial, Grant, Policy, Request};
 use crate::revoke::mirror::RevocationMirror;
 use crate::store::{JoinTokenRecord, Store, StoreError};
 
+mod delegation;
+pub use delegation::{ACTOR_LINE_MIN, ActorCredential, delegated_chain};
+
 /// Why a request did not get a credential. Mapped to HTTP once, in `http::error`.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -384,6 +387,20 @@ impl Broker {
         ask: &Ask,
         caller: &Caller,
     ) -> Result<Grant, BrokerError> {
+        self.grant_as(attestation, credential, ask, caller, None)
+            .await
+    }
+
+    /// [`grant`](Self::grant) for a request made by `actor` on the subject's behalf
+    /// (delegation, SPEC §6.3); `None` is a plain request.
+    pub async fn grant_as(
+        &self,
+        attestation: &Attestation,
+        credential: CredentialType,
+        ask: &Ask,
+        caller: &Caller,
+        actor: Option<&crate::policy::Actor>,
+    ) -> Result<Grant, BrokerError> {
         let request = Request {
             attestation,
             credential,
@@ -391,7 +408,7 @@ impl Broker {
             scopes: &ask.scopes,
             ttl: ask.ttl,
             caller: caller.addr,
-            actor: None,
+            actor,
         };
         let grant = self.policy.decide(&request)?;
         let now = self.now();

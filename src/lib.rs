@@ -22,3 +22,4 @@ pub mod revoke;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod verify;

@@ -6,6 +6,7 @@
 mod admin;
 mod agent;
 mod dev;
+mod inspect;
 mod keys;
 mod policy;
 mod serve;
@@ -52,6 +53,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Get an X.509-SVID for this workload and keep it renewed over mTLS.
     Agent(agent::AgentArgs),
+    /// Decode a JWT or PEM certificate; with --broker, verify it against the broker.
+    Inspect(inspect::InspectArgs),
 }
 
 /// A command's failure: the one line printed on stderr, and the exit code.
@@ -103,6 +106,7 @@ pub fn main() -> ExitCode {
             Command::Identities(args) => admin::identities(args).await,
             Command::Token(args) => token::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Inspect(args) => inspect::run(args).await,
         }
     });
     match result {

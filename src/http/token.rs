@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::error::{ApiError, Door};
 use super::{AppState, ConnInfo, LimitedBody, media_type};
 use crate::attest::join_token::JOIN_TOKEN_TYPE;
-use crate::broker::{Ask, IssuedToken, PresentedToken};
+use crate::broker::{ActorCredential, Ask, IssuedToken, PresentedToken};
 
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -201,17 +201,19 @@ async fn token_exchange(
         .as_deref()
         .ok_or_else(|| ApiError::invalid_request("missing parameter `subject_token_type`"))?;
     let subject = presented_token(subject_token, subject_type, "subject_token_type")?;
-    if form.actor_token.is_some() || form.actor_token_type.is_some() {
-        return Err(ApiError::invalid_request(
-            "delegation with `actor_token` is not enabled on this broker",
-        ));
-    }
+    let actor = actor_credential(form)?;
     let ask = form.ask()?;
     let caller = conn.caller();
-    state
-        .broker
-        .exchange(&subject, &ask, &caller)
-        .await
+    let issued = match &actor {
+        None => state.broker.exchange(&subject, &ask, &caller).await,
+        Some(actor) => {
+            state
+                .broker
+                .exchange_delegated(&subject, actor, &ask, &caller)
+                .await
+        }
+    };
+    issued
         .map(TokenResponse::new)
         .map_err(|e| ApiError::from_broker(&e, Door::TokenExchange))
 }
@@ -235,6 +237,42 @@ async fn client_credentials(
         .await
         .map(TokenResponse::new)
         .map_err(|e| ApiError::from_broker(&e, Door::ClientCredentials))
+}
+
+/// The actor of a delegation (SPEC §6.3): `actor_token` and `actor_token_type` come
+/// together (RFC 8693 §2.1) or not at all. A client certificate alone never makes a
+/// request a delegation.
+fn actor_credential(form: &TokenForm) -> Result<Option<ActorCredential>, ApiError> {
+    match (
+        form.actor_token.as_deref(),
+        form.actor_token_type.as_deref(),
+    ) {
+        (None, None) => Ok(None),
+        (Some(token), Some(token_type)) => {
+            if token.is_empty() {
+                return Err(ApiError::invalid_request(
+                    "parameter `actor_token` is empty",
+                ));
+            }
+            match token_type {
+                TOKEN_TYPE_JWT | TOKEN_TYPE_ACCESS_TOKEN => {
+                    Ok(Some(ActorCredential::Jwt(token.to_string())))
+                }
+                // Issue 4 hook: the actor's X.509-SVID over mTLS becomes
+                // `ActorCredential::PeerSvid(conn.peer_certs)` under its own token type.
+                other => Err(ApiError::invalid_request(format!(
+                    "actor_token_type {:?} is not supported; the actor token must be a credbroker JWT ({TOKEN_TYPE_JWT})",
+                    truncate(other)
+                ))),
+            }
+        }
+        (Some(_), None) => Err(ApiError::invalid_request(
+            "`actor_token` requires `actor_token_type`",
+        )),
+        (None, Some(_)) => Err(ApiError::invalid_request(
+            "`actor_token_type` was given without `actor_token`",
+        )),
+    }
 }
 
 /// Classifies a presented token by its RFC 8693 token type.
