@@ -31,6 +31,7 @@ attestor = "ci"
 owner = "team-runtime"
 match = {{ "/sa" = "*" }}
 spiffe_id = "{TD}{{/sa}}"
+credentials = ["jwt", "x509"]
 audiences = ["payments", "ledger", "credbroker"]
 scopes = ["pay:read", "pay:write", "credbroker:introspect"]
 
@@ -424,4 +425,91 @@ async fn actor_token_and_its_type_go_together() {
         );
         assert!(!body.to_string().contains(&agent));
     }
+}
+
+#[tokio::test]
+async fn an_actor_can_present_its_x509_svid_over_mtls() {
+    let f = start();
+    // The agent gets an X.509-SVID with its platform token; its key never leaves it.
+    let mut claims = TestIssuer::claims("acme/web", "refs/heads/main");
+    claims.insert("sa".into(), json!("agent"));
+    let platform = f.issuer.sign_rs256(&claims);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let resp = f
+        .http
+        .post(f.broker.url("/v1/svid"))
+        .bearer_auth(&platform)
+        .json(&json!({ "csr": csr }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let svid: Value = resp.json().await.unwrap();
+    assert_eq!(svid["spiffe_id"], id("agent"));
+    let cert_path = f.keys.path("agent-svid.pem");
+    let key_path = f.keys.path("agent-svid.key");
+    std::fs::write(&cert_path, svid["svid_chain"].as_str().unwrap()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let leaf_pem = svid["svid_chain"].as_str().unwrap();
+    let leaf = rustls::pki_types::pem::PemObject::from_pem_slice(leaf_pem.as_bytes())
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+        .unwrap();
+    let thumbprint = credbroker::tls::thumbprint(&leaf);
+
+    let subject = f
+        .workload_token("orchestrator", "payments", "pay:read")
+        .await;
+    let mtls = client(&f.keys, Some((&cert_path, &key_path)));
+    let form = exchange_form(
+        &subject,
+        &[
+            ("actor_token", thumbprint.as_str()),
+            ("actor_token_type", "urn:credbroker:token-type:x509-svid"),
+        ],
+    );
+    let resp = mtls
+        .post(f.broker.url("/v1/token"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let delegated = decode_segment(body["access_token"].as_str().unwrap(), 1);
+    assert_eq!(delegated["sub"], id("orchestrator"));
+    assert_eq!(delegated["act"], json!({ "sub": id("agent") }));
+
+    // The thumbprint must name the certificate presented on this connection.
+    let form = exchange_form(
+        &subject,
+        &[
+            ("actor_token", "bm90LXRoZS1wcmVzZW50ZWQtY2VydGlmaWNhdGU"),
+            ("actor_token_type", "urn:credbroker:token-type:x509-svid"),
+        ],
+    );
+    let resp = mtls
+        .post(f.broker.url("/v1/token"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // And without a client certificate there is no X.509 actor at all.
+    let (status, body) = f
+        .post(&exchange_form(
+            &subject,
+            &[
+                ("actor_token", thumbprint.as_str()),
+                ("actor_token_type", "urn:credbroker:token-type:x509-svid"),
+            ],
+        ))
+        .await;
+    assert_eq!(status, 400, "{body}");
 }

@@ -99,14 +99,7 @@ impl Broker {
     fn attest_actor(&self, credential: &ActorCredential) -> Result<AttestedActor, BrokerError> {
         let token = match credential {
             ActorCredential::Jwt(token) => token,
-            ActorCredential::PeerSvid(_) => {
-                // Issue 4 hook: until X.509-SVIDs land this refuses, with the reason.
-                return Err(BrokerError::Credential(
-                    "an X.509-SVID cannot act as the actor credential on this broker yet; \
-                     send the actor's JWT as actor_token"
-                        .into(),
-                ));
-            }
+            ActorCredential::PeerSvid(certs) => return self.attest_actor_svid(certs),
         };
         let leeway = self.config.jwt.leeway.0.as_secs() as i64;
         let (_, claims): (Attestation, Claims) = svid::attest_jwt(
@@ -135,6 +128,36 @@ impl Broker {
             actor: Actor { spiffe_id, chain },
             line,
             expires_at: claims.exp,
+        })
+    }
+
+    /// The actor's X.509-SVID, presented over mTLS: it must be one this broker issued.
+    fn attest_actor_svid(
+        &self,
+        certs: &crate::tls::PeerCertificates,
+    ) -> Result<AttestedActor, BrokerError> {
+        let attestation = self
+            .attest_certificate(Some(certs))
+            .map_err(|e| BrokerError::Credential(format!("actor certificate: {e}")))?;
+        let parent = match (&attestation.kind, &attestation.parent) {
+            (crate::config::AttestorKind::Svid, Some(parent)) => parent,
+            _ => {
+                return Err(BrokerError::Credential(
+                    "actor certificate: not an X.509-SVID issued by this broker".into(),
+                ));
+            }
+        };
+        let spiffe_id = SpiffeId::parse_in(&attestation.subject, self.policy.trust_domain())
+            .map_err(|e| BrokerError::Credential(format!("actor certificate: {e}")))?;
+        let mut line = parent.chain.clone();
+        line.push(parent.id.clone());
+        Ok(AttestedActor {
+            actor: Actor {
+                spiffe_id,
+                chain: Vec::new(),
+            },
+            line,
+            expires_at: attestation.expires_at.unwrap_or(i64::MAX),
         })
     }
 

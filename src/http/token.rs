@@ -201,7 +201,7 @@ async fn token_exchange(
         .as_deref()
         .ok_or_else(|| ApiError::invalid_request("missing parameter `subject_token_type`"))?;
     let subject = presented_token(subject_token, subject_type, "subject_token_type")?;
-    let actor = actor_credential(form)?;
+    let actor = actor_credential(form, conn)?;
     let ask = form.ask()?;
     let caller = conn.caller();
     let issued = match &actor {
@@ -239,10 +239,18 @@ async fn client_credentials(
         .map_err(|e| ApiError::from_broker(&e, Door::ClientCredentials))
 }
 
+/// The actor token type naming the X.509-SVID presented on this connection; the
+/// `actor_token` is that certificate's `x5t#S256` (RFC 8705 thumbprint), so choosing the
+/// certificate as the actor is explicit and bound to the connection.
+pub const TOKEN_TYPE_X509_SVID: &str = "urn:credbroker:token-type:x509-svid";
+
 /// The actor of a delegation (SPEC §6.3): `actor_token` and `actor_token_type` come
 /// together (RFC 8693 §2.1) or not at all. A client certificate alone never makes a
 /// request a delegation.
-fn actor_credential(form: &TokenForm) -> Result<Option<ActorCredential>, ApiError> {
+fn actor_credential(
+    form: &TokenForm,
+    conn: &ConnInfo,
+) -> Result<Option<ActorCredential>, ApiError> {
     match (
         form.actor_token.as_deref(),
         form.actor_token_type.as_deref(),
@@ -258,10 +266,22 @@ fn actor_credential(form: &TokenForm) -> Result<Option<ActorCredential>, ApiErro
                 TOKEN_TYPE_JWT | TOKEN_TYPE_ACCESS_TOKEN => {
                     Ok(Some(ActorCredential::Jwt(token.to_string())))
                 }
-                // Issue 4 hook: the actor's X.509-SVID over mTLS becomes
-                // `ActorCredential::PeerSvid(conn.peer_certs)` under its own token type.
+                TOKEN_TYPE_X509_SVID => {
+                    let certs = conn.peer_certs.clone().ok_or_else(|| {
+                        ApiError::invalid_request(
+                            "an x509-svid actor_token needs the actor's SVID presented over mTLS",
+                        )
+                    })?;
+                    let presented = certs.leaf().map(|c| crate::tls::thumbprint(c));
+                    if presented.as_deref() != Some(token) {
+                        return Err(ApiError::invalid_request(
+                            "actor_token must be the x5t#S256 thumbprint of the client certificate presented on this connection",
+                        ));
+                    }
+                    Ok(Some(ActorCredential::PeerSvid(certs)))
+                }
                 other => Err(ApiError::invalid_request(format!(
-                    "actor_token_type {:?} is not supported; the actor token must be a credbroker JWT ({TOKEN_TYPE_JWT})",
+                    "actor_token_type {:?} is not supported; use {TOKEN_TYPE_JWT}, or {TOKEN_TYPE_X509_SVID} with the SVID presented over mTLS",
                     truncate(other)
                 ))),
             }
