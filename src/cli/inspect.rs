@@ -334,7 +334,17 @@ async fn inspect_certificate(
     let not_after = cert.validity().not_after.timestamp();
     println!("  not before {}", time(not_before, now));
     println!("  expires    {}", time(not_after, now));
+    if let Some(lineage) = crate::issue::x509::Lineage::of(&cert) {
+        println!("  rule       {}", lineage.rule);
+        println!("  source     {}", lineage.src);
+        if !lineage.chain.is_empty() {
+            println!("  lineage    {}", lineage.chain.join(" → "));
+        }
+    }
     for ext in cert.extensions() {
+        if ext.oid.to_id_string() == crate::issue::x509::LINEAGE_OID_STR {
+            continue;
+        }
         let known = !matches!(
             ext.parsed_extension(),
             ParsedExtension::UnsupportedExtension { .. }
@@ -342,8 +352,7 @@ async fn inspect_certificate(
         if known {
             continue;
         }
-        // Unknown to us: credbroker's lineage extension until its OID is settled (issue 4),
-        // or anything else; shown raw.
+        // Anything else we do not know is shown raw.
         let value = ext.value;
         let shown = String::from_utf8(value.to_vec())
             .ok()

@@ -4,9 +4,9 @@
 //!
 //! A certificate's credential id is its serial as lowercase hex without leading zeros
 //! (SPEC §5.2); its issuance time is taken as `notBefore` + 30 s, since the broker
-//! backdates `notBefore` by 30 s. Lineage carried in the broker's extension is not read yet
-//! (its OID is being defined with X.509 issuance, issue 4): an SVID is revoked by its own
-//! serial, its SPIFFE ID, or the global cut-off.
+//! backdates `notBefore` by 30 s. The broker's lineage extension (the line's source and
+//! ancestors) is read too, so an SVID is revoked by its own serial, any ancestor, its SPIFFE
+//! ID, its attestation source, or the global cut-off.
 
 use std::sync::{Arc, RwLock};
 
@@ -144,12 +144,16 @@ impl Verifier {
             .map_err(|e| bad(&e))?;
         let svid = parse_svid(leaf)?;
         self.ensure_fresh()?;
+        let (source, chain) = match &svid.lineage {
+            Some(l) => (l.src.as_str(), l.chain.as_slice()),
+            None => ("", &[][..]),
+        };
         let credential = CredentialRef {
             id: &svid.serial,
             spiffe_id: svid.spiffe_id.as_str(),
-            source: "",
+            source,
             issued_at: svid.issued_at,
-            chain: &[],
+            chain,
             actors: &[],
         };
         if let Some(why) = self.inner.mirror.check(&credential, now.as_secs() as i64) {
@@ -210,6 +214,8 @@ struct ParsedSvid {
     serial: String,
     issued_at: i64,
     expires_at: i64,
+    /// The broker's lineage extension: the line's source and ancestors, for revocation.
+    lineage: Option<crate::issue::x509::Lineage>,
 }
 
 /// The SPIFFE X509-SVID rules webpki does not check: exactly one URI SAN, a SPIFFE ID.
@@ -236,6 +242,7 @@ fn parse_svid(leaf: &CertificateDer<'_>) -> Result<ParsedSvid, VerifyError> {
         serial: serial_hex(cert.raw_serial()),
         issued_at: cert.validity().not_before.timestamp() + NOT_BEFORE_BACKDATE,
         expires_at: cert.validity().not_after.timestamp(),
+        lineage: crate::issue::x509::Lineage::of(&cert),
     })
 }
 
