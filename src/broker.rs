@@ -193,10 +193,7 @@ impl Broker {
     /// How long since the revocation mirror last heard from the store.
     pub fn mirror_staleness(&self) -> Duration {
         let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
-        match self.mirror.last_synced_ms() {
-            Some(at) => Duration::from_millis(now_ms.saturating_sub(at).max(0) as u64),
-            None => Duration::MAX,
-        }
+        crate::revoke::sync::staleness(&self.mirror, now_ms)
     }
 
     /// Whether the mirror is recent enough to trust.
@@ -253,6 +250,20 @@ impl Broker {
         let now = self.now();
         let ttl = cap_to_bearer_parent(attestation, grant.ttl, now);
         let chain = self.chain_for(attestation);
+        self.mint_jwt(attestation, grant, chain, ttl, now, caller)
+            .await
+    }
+
+    /// The last two steps of every JWT door: mint the granted JWT and record it.
+    pub(crate) async fn mint_jwt(
+        &self,
+        attestation: &Attestation,
+        grant: Grant,
+        chain: Vec<String>,
+        ttl: Duration,
+        now: i64,
+        caller: &Caller,
+    ) -> Result<IssuedToken, BrokerError> {
         let source = lineage_source(attestation);
         let cnf = if grant.bind_to_certificate {
             caller.cert_thumbprint.as_deref()

@@ -20,7 +20,6 @@ use crate::attest::svid;
 use crate::claims::Claims;
 use crate::config::CredentialType;
 use crate::identity::SpiffeId;
-use crate::issue::jwt::{JwtRequest, mint};
 use crate::issue::lineage::MAX_CHAIN;
 use crate::policy::Actor;
 
@@ -202,47 +201,8 @@ impl Broker {
             }
         };
         let chain = delegated_chain(&subject_line, &actor.line);
-        let source = super::lineage_source(attestation);
-        let cnf = if grant.bind_to_certificate {
-            caller.cert_thumbprint.as_deref()
-        } else {
-            None
-        };
-        let request = JwtRequest {
-            issuer: &self.config.issuer,
-            spiffe_id: grant.spiffe_id.as_str(),
-            audiences: &grant.audiences,
-            scopes: &grant.scopes,
-            owner: &grant.owner,
-            attestor: &attestation.attestor,
-            attestor_kind: attestation.kind.as_str(),
-            ttl,
-            now,
-            cnf_x5t_s256: cnf,
-            act: grant.act.as_ref(),
-            source: source.as_str(),
-            rule: &grant.rule,
-            chain: &chain,
-        };
-        let issued =
-            mint(&self.keys, &request).map_err(|e| BrokerError::Internal(e.to_string()))?;
-        self.record_issuance(
-            attestation,
-            &grant,
-            &issued.jti,
-            &chain,
-            issued.expires_at,
-            caller,
-            "jwt",
-        )
-        .await?;
-        Ok(IssuedToken {
-            token: issued.token,
-            credential_id: issued.jti,
-            spiffe_id: grant.spiffe_id.to_string(),
-            expires_in: (issued.expires_at - issued.issued_at).max(0) as u64,
-            scopes: grant.scopes,
-        })
+        self.mint_jwt(attestation, grant, chain, ttl, now, caller)
+            .await
     }
 }
 
