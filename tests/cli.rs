@@ -263,8 +263,22 @@ fn every_command_has_help() {
             "{args:?}"
         );
     }
-    let out = run_cli(&["no-such-command"]);
-    assert_eq!(out.status.code(), Some(2));
+    for bad in [
+        vec!["no-such-command"],
+        vec!["keys", "generate"],
+        vec!["serve", "--config"],
+        vec!["policy", "explain", "--bogus"],
+    ] {
+        let out = run_cli(&bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "one clear line for {bad:?}: {stderr}"
+        );
+        assert!(stderr.starts_with("credbroker: "), "{stderr}");
+    }
 }
 
 /// Runs `credbroker dev` and every command block it prints, the way a newcomer would.

@@ -82,7 +82,10 @@ impl<E: std::fmt::Display> From<E> for CliError {
 
 /// Runs the command line; the binary's `main` is only this.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,6 +122,33 @@ pub fn main() -> ExitCode {
             ExitCode::from(e.code)
         }
     }
+}
+
+/// Help and version go to stdout as clap renders them; a usage error is one line on stderr
+/// (SPEC §10), exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(if e.exit_code() == 0 { 0 } else { 2 });
+    }
+    // The message is everything before clap's "Usage:" block, folded into one line.
+    let rendered = e.render().to_string();
+    let message = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:") && !l.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("credbroker: {message} (see --help)");
+    ExitCode::from(2)
 }
 
 /// Sets up `tracing` output: `CREDBROKER_LOG` (or `RUST_LOG`) filters, default `info`.
