@@ -244,6 +244,26 @@ audiences = ["inventory"]
     assert!(stdout.to_lowercase().contains("unreachable"), "{stdout}");
 }
 
+/// base64url tokens and credential ids may begin with '-': they must not be taken for flags.
+#[test]
+fn values_that_begin_with_a_dash_are_accepted() {
+    let out = run_cli(&[
+        "revoke",
+        "--id",
+        "-Ab3_credential-id",
+        "--broker",
+        "https://127.0.0.1:9",
+        "--admin-token",
+        "-lX2admin-token",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "reached the network, not a usage error: {stderr}"
+    );
+}
+
 #[test]
 fn every_command_has_help() {
     for args in [

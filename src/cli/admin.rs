@@ -18,7 +18,13 @@ pub struct AdminConn {
     #[arg(long, env = "CREDBROKER_CA_FILE")]
     ca_file: Option<PathBuf>,
     /// The admin token (prefer the environment variable: flags show up in `ps`).
-    #[arg(long, env = "CREDBROKER_ADMIN_TOKEN", hide_env_values = true)]
+    // Tokens and ids are base64url and may begin with '-'.
+    #[arg(
+        long,
+        env = "CREDBROKER_ADMIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     admin_token: String,
 }
 
@@ -28,7 +34,7 @@ pub struct RevokeArgs {
     #[command(flatten)]
     conn: AdminConn,
     /// A credential id: a JWT `jti` or a certificate serial (hex, any case, colons allowed).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     id: Option<String>,
     /// Everything issued to this SPIFFE ID (up to --issued-before, default now).
     #[arg(long)]
@@ -42,7 +48,7 @@ pub struct RevokeArgs {
     #[arg(long)]
     all_before: Option<String>,
     /// A JWT this broker issued (RFC 7009).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     token: Option<String>,
     #[arg(long)]
     reason: Option<String>,

@@ -27,6 +27,8 @@ const MAX_INPUT: u64 = 1024 * 1024;
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The credential: a JWT or PEM text, `@FILE` to read a file, `-` for stdin.
+    // PEM text begins with "-----BEGIN": a value, not a flag.
+    #[arg(allow_hyphen_values = true)]
     credential: String,
     /// The broker to verify against.
     #[arg(long, env = "CREDBROKER_URL")]
@@ -35,7 +37,12 @@ pub struct InspectArgs {
     #[arg(long, env = "CREDBROKER_CA_FILE")]
     ca_file: Option<PathBuf>,
     /// Admin token: lets `inspect` check a JWT's revocation through introspection.
-    #[arg(long, env = "CREDBROKER_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CREDBROKER_ADMIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     admin_token: Option<String>,
 }
 
