@@ -825,3 +825,69 @@ async fn every_configured_key_is_published_and_the_first_signs() {
     let header = decode_segment(resp["access_token"].as_str().unwrap(), 0);
     assert_eq!(header["kid"], kids[0], "the first configured key signs");
 }
+
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    let keys = KeyDir::generate();
+    let issuer = TestIssuer::new();
+    issuer.write_jwks(&keys.path("ci-jwks.json"));
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let config = base_config(&keys, "store = \"memory\"") + &rules();
+    let broker = BrokerProcess::start_logging(&keys, &config, "debug", log.clone());
+    let http = client(&keys, None);
+    let good = issuer.sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/main"));
+    let denied = issuer.sign_rs256(&TestIssuer::claims("acme/web", "refs/heads/dev"));
+    let mut forged = good.clone();
+    forged.pop();
+    forged.push(if good.ends_with('A') { 'B' } else { 'A' });
+    let mut secrets = vec![
+        good.clone(),
+        denied.clone(),
+        forged.clone(),
+        keys.admin_token(),
+    ];
+    for token in [&good, &denied, &forged] {
+        let r: Value = http
+            .post(broker.url("/v1/token"))
+            .form(&exchange_form(token, &[]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(issued) = r["access_token"].as_str() {
+            secrets.push(issued.to_string());
+        }
+    }
+    // An admin call, and a wrong admin token.
+    let r = http
+        .get(broker.url("/v1/identities"))
+        .bearer_auth(keys.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(broker.url("/v1/identities"))
+        .bearer_auth("not-the-admin-token-but-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    secrets.push("not-the-admin-token-but-secret".into());
+    assert_eq!(secrets.len(), 6, "one token was issued");
+    // The audit lines for the issuance and the denial are written before the answers.
+    let text = log.lock().unwrap().clone();
+    assert!(
+        text.contains("issued"),
+        "the broker logged its work: {text}"
+    );
+    assert!(text.contains("denied"), "{text}");
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()), "a secret reached the log");
+        if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() > 20) {
+            assert!(!text.contains(sig), "a signature reached the log");
+        }
+    }
+}

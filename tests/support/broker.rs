@@ -108,13 +108,47 @@ impl BrokerProcess {
     }
 
     pub fn start_with(config_path: &Path) -> BrokerProcess {
+        Self::spawn(config_path, "warn", None)
+    }
+
+    /// Starts `serve` with logging at `level`, collecting everything it logs into `log`.
+    pub fn start_logging(
+        keys: &KeyDir,
+        config: &str,
+        level: &str,
+        log: std::sync::Arc<std::sync::Mutex<String>>,
+    ) -> BrokerProcess {
+        let path = keys.path("broker-logged.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::spawn(&path, level, Some(log))
+    }
+
+    fn spawn(
+        config_path: &Path,
+        level: &str,
+        log: Option<std::sync::Arc<std::sync::Mutex<String>>>,
+    ) -> BrokerProcess {
         let mut child = Command::new(BIN)
             .args(["serve", "--config", config_path.to_str().unwrap()])
-            .env("CREDBROKER_LOG", "warn")
+            .env("CREDBROKER_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if log.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("spawn credbroker serve");
+        if let (Some(log), Some(stderr)) = (log, child.stderr.take()) {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stderr);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    log.lock().unwrap().push_str(&line);
+                    line.clear();
+                }
+            });
+        }
         // Lines are read on a thread so a broker that hangs fails the test instead of hanging it.
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
