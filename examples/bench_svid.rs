@@ -16,9 +16,9 @@ mod bench_support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bench_support::{BenchBroker, LoadResult, all_cores, one_core};
+use bench_support::{BenchBroker, all_cores, drive, one_core};
 use credbroker::issue::x509::{Lineage, SvidRequest, VerifiedCsr, X509Ca};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use rustls::pki_types::pem::PemObject;
@@ -99,16 +99,23 @@ fn main() {
     for conns in [1usize, 16, 64] {
         let url = url.clone();
         let csrs = csrs.clone();
-        let result = drive(conns, level_time, &tls, true, move |client, i| {
-            let url = url.clone();
-            let body = serde_json::json!({"csr": csrs[i % csrs.len()]});
-            async move {
-                match client.post(&url).json(&body).send().await {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
+        let tls_conf = tls.clone();
+        let result = drive(
+            conns,
+            level_time,
+            2_000_000,
+            move || https_client(&tls_conf, true),
+            move |client, i| {
+                let url = url.clone();
+                let body = serde_json::json!({"csr": csrs[i % csrs.len()]});
+                async move {
+                    match client.post(&url).json(&body).send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    }
                 }
-            }
-        });
+            },
+        );
         println!(
             "   {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}",
             conns,
@@ -122,15 +129,21 @@ fn main() {
 
     // ---- 3. mTLS handshakes
     let health = format!("https://localhost:{}/healthz", https.port());
-    let result = drive(16, level_time, &tls, false, move |client, _| {
-        let url = health.clone();
-        async move {
-            match client.get(&url).send().await {
-                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                Err(_) => false,
+    let result = drive(
+        16,
+        level_time,
+        2_000_000,
+        || https_client(&tls, false),
+        move |client, _| {
+            let url = health.clone();
+            async move {
+                match client.get(&url).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
             }
-        }
-    });
+        },
+    );
     println!("\n== new mTLS connections (full handshake with client certificate + GET /healthz)");
     println!(
         "   16 conns: {:>8.0} handshakes/s   p50 {:.2} ms   p99 {:.2} ms   errors {}",
@@ -188,69 +201,14 @@ fn client_tls(dir: &Path) -> rustls::ClientConfig {
         .unwrap()
 }
 
-/// Like `bench_support::drive`, with HTTPS clients: `keep_alive = false` opens a new
-/// connection (full TLS handshake) for every request.
-fn drive<F, Fut>(
-    connections: usize,
-    duration: Duration,
-    tls: &rustls::ClientConfig,
-    keep_alive: bool,
-    make_request: F,
-) -> LoadResult
-where
-    F: Fn(reqwest::Client, usize) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
+/// An HTTPS client presenting the workload's certificate; without keep-alive every request
+/// opens a new connection (a full TLS handshake).
+fn https_client(tls: &rustls::ClientConfig, keep_alive: bool) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls.clone())
+        .pool_max_idle_per_host(usize::from(keep_alive))
+        .http1_only()
+        .timeout(Duration::from_secs(10))
         .build()
-        .expect("client runtime");
-    runtime.block_on(async move {
-        let start = Instant::now();
-        let deadline = start + duration;
-        let mut tasks = Vec::new();
-        for _ in 0..connections {
-            let make = make_request.clone();
-            let client = reqwest::Client::builder()
-                .tls_backend_preconfigured(tls.clone())
-                .pool_max_idle_per_host(usize::from(keep_alive))
-                .http1_only()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("client");
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let (mut ok, mut failed) = (0usize, 0usize);
-                for i in 0..2_000_000usize {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    let t = Instant::now();
-                    if make(client.clone(), i).await {
-                        ok += 1;
-                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    } else {
-                        failed += 1;
-                    }
-                }
-                (ok, failed, lat)
-            }));
-        }
-        let mut result = LoadResult {
-            ok: 0,
-            failed: 0,
-            elapsed: Duration::ZERO,
-            latencies_us: Vec::new(),
-        };
-        for t in tasks {
-            if let Ok((ok, failed, lat)) = t.await {
-                result.ok += ok;
-                result.failed += failed;
-                result.latencies_us.extend(lat);
-            }
-        }
-        result.elapsed = start.elapsed();
-        result
-    })
+        .expect("client")
 }

@@ -14,7 +14,7 @@ mod bench_support;
 
 use std::time::Duration;
 
-use bench_support::{BenchBroker, BenchRedis, all_cores, drive, one_core};
+use bench_support::{BenchBroker, BenchRedis, all_cores, drive, one_core, plain_client};
 use josekit::jws::{ES256, JwsHeader, RS256};
 use josekit::jwt::{self, JwtPayload};
 use serde_json::{Map, Value, json};
@@ -114,25 +114,31 @@ fn main() {
         for conns in [1usize, 16, 64] {
             let url = url.clone();
             let token = platform_token.clone();
-            let result = drive(conns, level_time, 2_000_000, move |client| {
-                let url = url.clone();
-                let token = token.clone();
-                async move {
-                    let form = [
-                        (
-                            "grant_type",
-                            "urn:ietf:params:oauth:grant-type:token-exchange",
-                        ),
-                        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-                        ("subject_token", token.as_str()),
-                        ("audience", "deploy-api"),
-                    ];
-                    match client.post(&url).form(&form).send().await {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
+            let result = drive(
+                conns,
+                level_time,
+                2_000_000,
+                plain_client,
+                move |client, _| {
+                    let url = url.clone();
+                    let token = token.clone();
+                    async move {
+                        let form = [
+                            (
+                                "grant_type",
+                                "urn:ietf:params:oauth:grant-type:token-exchange",
+                            ),
+                            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+                            ("subject_token", token.as_str()),
+                            ("audience", "deploy-api"),
+                        ];
+                        match client.post(&url).form(&form).send().await {
+                            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                            Err(_) => false,
+                        }
                     }
-                }
-            });
+                },
+            );
             println!(
                 "   {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}",
                 conns,

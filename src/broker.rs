@@ -220,14 +220,24 @@ impl Broker {
         caller: &Caller,
     ) -> Result<IssuedToken, BrokerError> {
         self.ensure_fresh()?;
-        let attestation = match self.attest_token(subject).await {
-            Ok(a) => a,
+        let attested = self.attest_token(subject).await;
+        self.issue_attested(attested, ask, caller).await
+    }
+
+    /// Issues a JWT for evidence just attested; a failed attestation is audited and returned.
+    pub(crate) async fn issue_attested(
+        &self,
+        attested: Result<Attestation, BrokerError>,
+        ask: &Ask,
+        caller: &Caller,
+    ) -> Result<IssuedToken, BrokerError> {
+        match attested {
+            Ok(attestation) => self.issue_jwt(&attestation, ask, caller).await,
             Err(e) => {
                 self.audit_denial(None, caller, &e).await;
-                return Err(e);
+                Err(e)
             }
-        };
-        self.issue_jwt(&attestation, ask, caller).await
+        }
     }
 
     /// Grants and mints a JWT for an attested caller (any door).
@@ -313,8 +323,8 @@ impl Broker {
     /// be promised without the store.)
     fn tolerate_store_error(&self, e: StoreError) -> Result<(), BrokerError> {
         if self.config.revocation.fail_open {
+            // The store has already counted the failure in credbroker_redis_errors_total.
             tracing::warn!(error = %e, "store write skipped (fail_open)");
-            metrics::counter!("credbroker_redis_errors_total").increment(1);
             Ok(())
         } else {
             Err(e.into())

@@ -127,16 +127,29 @@ pub fn percentile(sample: &[u32], p: f64) -> u32 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// Runs `connections` keep-alive clients, each sending requests back to back, until
-/// `max_requests` in total or `duration` has passed, whichever is first.
-pub fn drive<F, Fut>(
+/// A keep-alive HTTP/1.1 client, one connection per client.
+pub fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .http1_only()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// Runs `connections` clients (each from `make_client`), each sending requests back to
+/// back, until `max_requests` in total or `duration` has passed, whichever is first.
+/// `make_request` gets its client and the request's number on that connection.
+pub fn drive<C, F, Fut>(
     connections: usize,
     duration: Duration,
     max_requests: usize,
+    make_client: C,
     make_request: F,
 ) -> LoadResult
 where
-    F: Fn(reqwest::Client) -> Fut + Send + Sync + Clone + 'static,
+    C: Fn() -> reqwest::Client,
+    F: Fn(reqwest::Client, usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -151,21 +164,16 @@ where
         let mut tasks = Vec::new();
         for _ in 0..connections {
             let make = make_request.clone();
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .http1_only()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("client");
+            let client = make_client();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(per_conn.min(100_000));
                 let (mut ok, mut failed) = (0usize, 0usize);
-                for _ in 0..per_conn {
+                for i in 0..per_conn {
                     if Instant::now() >= deadline {
                         break;
                     }
                     let t = Instant::now();
-                    if make(client.clone()).await {
+                    if make(client.clone(), i).await {
                         ok += 1;
                         lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     } else {

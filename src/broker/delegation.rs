@@ -32,11 +32,8 @@ pub const ACTOR_LINE_MIN: usize = 4;
 pub enum ActorCredential {
     /// A JWT this broker issued to the actor (`actor_token`).
     Jwt(String),
-    /// The actor's X.509-SVID, presented as the mTLS client certificate.
-    ///
-    /// Hook for issue 4 (X.509-SVIDs): verify the chain with the broker's CA, take the
-    /// SPIFFE ID from the URI SAN, the serial as credential id and the lineage extension as
-    /// its chain, then proceed exactly as for [`ActorCredential::Jwt`].
+    /// The actor's X.509-SVID, presented as the mTLS client certificate and named by its
+    /// thumbprint in `actor_token` (`urn:credbroker:token-type:x509-svid`).
     PeerSvid(crate::tls::PeerCertificates),
 }
 

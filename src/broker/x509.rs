@@ -205,14 +205,8 @@ impl Broker {
         caller: &Caller,
     ) -> Result<IssuedToken, BrokerError> {
         self.ensure_fresh()?;
-        let attestation = match self.attest_certificate(certs) {
-            Ok(a) => a,
-            Err(e) => {
-                self.audit_denial(None, caller, &e).await;
-                return Err(e);
-            }
-        };
-        self.issue_jwt(&attestation, ask, caller).await
+        let attested = self.attest_certificate(certs);
+        self.issue_attested(attested, ask, caller).await
     }
 
     /// Grants and mints an X.509-SVID for an attested caller's CSR (SPEC §5.2, §6.2).
