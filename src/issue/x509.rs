@@ -195,7 +195,8 @@ impl VerifiedCsr {
                 .as_ref()
                 .to_vec()
         } else {
-            trimmed.to_vec()
+            // DER is binary: its last bytes may well be 0x0a or 0x20, so it is never trimmed.
+            input.to_vec()
         };
         if der.len() > MAX_CSR_BYTES {
             return Err(CsrError::TooLarge);

@@ -54,6 +54,33 @@ fn refuses_garbage_and_tampered_requests() {
     assert_eq!(VerifiedCsr::parse(&der).err(), Some(CsrError::BadSignature));
 }
 
+/// A DER request whose last byte happens to be an ASCII whitespace value (about 2 % of
+/// ECDSA requests) is still a valid request: only PEM text may be trimmed.
+#[test]
+fn der_requests_ending_in_a_whitespace_byte_are_accepted() {
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec![]).unwrap();
+    let mut found = 0;
+    for _ in 0..5_000 {
+        let der = params.serialize_request(&key).unwrap().der().to_vec();
+        if der.last().is_some_and(u8::is_ascii_whitespace) {
+            assert!(
+                VerifiedCsr::parse(&der).is_ok(),
+                "last byte {:#04x}",
+                der[der.len() - 1]
+            );
+            found += 1;
+            if found == 3 {
+                break;
+            }
+        }
+    }
+    assert!(
+        found > 0,
+        "no request ending in a whitespace byte was produced"
+    );
+}
+
 #[test]
 fn serials_are_hex_without_leading_zeros() {
     assert_eq!(serial_hex(&[0, 0x0a, 0xbc]), "abc");
