@@ -6,15 +6,16 @@
 //!    with the same library the broker uses (josekit/OpenSSL) and with ring, on one
 //!    core and on all cores.
 //! 2. The real endpoint: a broker in this process serving plain HTTP on loopback,
-//!    driven over keep-alive connections at concurrency 1, 16 and 64, with the memory
-//!    store and (if `redis-server` is on PATH) a Redis store.
+//!    driven over keep-alive connections at concurrency 1, 16 and 64 by a minimal
+//!    HTTP/1.1 client (as wrk would), with the memory store and (if `redis-server` is
+//!    on PATH) a Redis store.
 
 #[path = "bench_support/mod.rs"]
 mod bench_support;
 
 use std::time::Duration;
 
-use bench_support::{BenchBroker, BenchRedis, all_cores, drive, one_core, plain_client};
+use bench_support::{BenchBroker, BenchRedis, all_cores, drive_raw, http_request, one_core};
 use josekit::jws::{ES256, JwsHeader, RS256};
 use josekit::jwt::{self, JwtPayload};
 use serde_json::{Map, Value, json};
@@ -99,11 +100,26 @@ fn main() {
         )),
         None => println!("(redis-server not on PATH: skipping the Redis store run)"),
     }
+    let body = serde_urlencoded::to_string([
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("subject_token", platform_token.as_str()),
+        ("audience", "deploy-api"),
+    ])
+    .expect("form");
+    let request = std::sync::Arc::new(vec![http_request(
+        "POST",
+        "/v1/token",
+        "application/x-www-form-urlencoded",
+        body.as_bytes(),
+    )]);
     for (name, store) in stores {
         let config_path = dir.path().join(format!("bench-{name}.toml"));
         std::fs::write(&config_path, config(&store)).unwrap();
         let broker = BenchBroker::start(&config_path);
-        let url = format!("http://{}/v1/token", broker.http);
         println!(
             "\n== POST /v1/token, token exchange, {name} store, plain HTTP keep-alive on loopback"
         );
@@ -112,32 +128,13 @@ fn main() {
             "conns", "tokens/s", "p50 ms", "p99 ms", "ceiling%", "errors"
         );
         for conns in [1usize, 16, 64] {
-            let url = url.clone();
-            let token = platform_token.clone();
-            let result = drive(
+            let addr = broker.http;
+            let result = drive_raw(
                 conns,
                 level_time,
                 2_000_000,
-                plain_client,
-                move |client, _| {
-                    let url = url.clone();
-                    let token = token.clone();
-                    async move {
-                        let form = [
-                            (
-                                "grant_type",
-                                "urn:ietf:params:oauth:grant-type:token-exchange",
-                            ),
-                            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-                            ("subject_token", token.as_str()),
-                            ("audience", "deploy-api"),
-                        ];
-                        match client.post(&url).form(&form).send().await {
-                            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                            Err(_) => false,
-                        }
-                    }
-                },
+                move || tokio::net::TcpStream::connect(addr),
+                request.clone(),
             );
             println!(
                 "   {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}",

@@ -17,6 +17,7 @@ pub mod governance;
 pub mod http;
 pub mod identity;
 pub mod issue;
+pub mod jws;
 pub mod policy;
 pub mod revoke;
 pub mod server;

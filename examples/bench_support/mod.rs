@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use credbroker::clock::SystemClock;
 use credbroker::config::Config;
 use credbroker::server::Server;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A broker running on its own tokio runtime, so load generation cannot starve it of a scheduler.
 pub struct BenchBroker {
@@ -24,6 +25,7 @@ impl BenchBroker {
     pub fn start(config_path: &Path) -> BenchBroker {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name("broker")
             .enable_all()
             .build()
             .expect("runtime");
@@ -127,16 +129,6 @@ pub fn percentile(sample: &[u32], p: f64) -> u32 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// A keep-alive HTTP/1.1 client, one connection per client.
-pub fn plain_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .http1_only()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
-}
-
 /// Runs `connections` clients (each from `make_client`), each sending requests back to
 /// back, until `max_requests` in total or `duration` has passed, whichever is first.
 /// `make_request` gets its client and the request's number on that connection.
@@ -152,37 +144,184 @@ where
     F: Fn(reqwest::Client, usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
+    let per_conn = max_requests.div_ceil(connections);
+    run_load(duration, |deadline| {
+        (0..connections)
+            .map(|_| {
+                let make = make_request.clone();
+                let client = make_client();
+                tokio::spawn(async move {
+                    let mut tally = Tally::new(per_conn);
+                    for i in 0..per_conn {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        let t = Instant::now();
+                        tally.record(t, make(client.clone(), i).await);
+                    }
+                    tally
+                })
+            })
+            .collect()
+    })
+}
+
+/// Like [`drive`], with a minimal HTTP/1.1 client instead of reqwest: each connection
+/// (from `connect`) writes prepared request bytes (request `i` is `requests[i % len]`)
+/// and reads one response (status line, headers, `Content-Length` body). It costs
+/// little CPU, as wrk does, so that on a 2-core machine the broker, not the load
+/// generator, is what gets measured.
+pub fn drive_raw<S, C, Fut>(
+    connections: usize,
+    duration: Duration,
+    max_requests: usize,
+    connect: C,
+    requests: Arc<Vec<Vec<u8>>>,
+) -> LoadResult
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+{
+    let per_conn = max_requests.div_ceil(connections);
+    run_load(duration, |deadline| {
+        (0..connections)
+            .map(|_| {
+                let requests = requests.clone();
+                let connecting = connect();
+                tokio::spawn(async move {
+                    let mut tally = Tally::new(per_conn);
+                    let Ok(stream) = connecting.await else {
+                        tally.failed += 1;
+                        return tally;
+                    };
+                    let mut conn = RawConn::new(stream);
+                    for i in 0..per_conn {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let ok = matches!(
+                            conn.round_trip(&requests[i % requests.len()]).await,
+                            Ok(200..=299)
+                        );
+                        tally.record(t, ok);
+                        if !ok {
+                            break;
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect()
+    })
+}
+
+/// An HTTP/1.1 request, ready to write: `method path`, headers, body with its length.
+pub fn http_request(method: &str, path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// One keep-alive connection of [`drive_raw`].
+struct RawConn<S> {
+    stream: S,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
+    fn new(stream: S) -> Self {
+        RawConn {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+        }
+    }
+
+    /// Sends one request and reads its response; returns the status code.
+    async fn round_trip(&mut self, request: &[u8]) -> std::io::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        self.stream.write_all(request).await?;
+        self.stream.flush().await?;
+        self.buf.clear();
+        let (head_len, status, body_len) = loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).map_err(|_| bad("head"))?;
+                let status = head
+                    .get(9..12)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| bad("status line"))?;
+                let body_len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .ok_or_else(|| bad("no content-length"))?;
+                break (end + 4, status, body_len);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(bad("connection closed"));
+            }
+        };
+        while self.buf.len() < head_len + body_len {
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(bad("connection closed mid-body"));
+            }
+        }
+        Ok(status)
+    }
+}
+
+/// One connection's count of successes and failures, and its latencies.
+struct Tally {
+    ok: usize,
+    failed: usize,
+    latencies_us: Vec<u32>,
+}
+
+impl Tally {
+    fn new(expected: usize) -> Tally {
+        Tally {
+            ok: 0,
+            failed: 0,
+            latencies_us: Vec::with_capacity(expected.min(100_000)),
+        }
+    }
+
+    fn record(&mut self, started: Instant, ok: bool) {
+        if ok {
+            self.ok += 1;
+            self.latencies_us
+                .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
+/// Runs the connection tasks that `spawn` starts (given the deadline) on a 2-thread
+/// runtime of their own and sums their tallies.
+fn run_load<F>(duration: Duration, spawn: F) -> LoadResult
+where
+    F: FnOnce(Instant) -> Vec<tokio::task::JoinHandle<Tally>>,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("load")
         .enable_all()
         .build()
         .expect("client runtime");
     runtime.block_on(async move {
-        let per_conn = max_requests.div_ceil(connections);
         let start = Instant::now();
-        let deadline = start + duration;
-        let mut tasks = Vec::new();
-        for _ in 0..connections {
-            let make = make_request.clone();
-            let client = make_client();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(per_conn.min(100_000));
-                let (mut ok, mut failed) = (0usize, 0usize);
-                for i in 0..per_conn {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    let t = Instant::now();
-                    if make(client.clone(), i).await {
-                        ok += 1;
-                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    } else {
-                        failed += 1;
-                    }
-                }
-                (ok, failed, lat)
-            }));
-        }
+        let tasks = spawn(start + duration);
         let mut result = LoadResult {
             ok: 0,
             failed: 0,
@@ -190,10 +329,10 @@ where
             latencies_us: Vec::new(),
         };
         for t in tasks {
-            if let Ok((ok, failed, lat)) = t.await {
-                result.ok += ok;
-                result.failed += failed;
-                result.latencies_us.extend(lat);
+            if let Ok(tally) = t.await {
+                result.ok += tally.ok;
+                result.failed += tally.failed;
+                result.latencies_us.extend(tally.latencies_us);
             }
         }
         result.elapsed = start.elapsed();

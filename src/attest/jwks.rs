@@ -1,7 +1,7 @@
 //! JWKS: where a `jwt` attestor's verification keys come from, and the cache of fetched ones.
 //!
-//! A [`KeySet`] holds one josekit verifier per (JWK, algorithm) pair, built once when the set
-//! is read, so that verifying a token never parses key material.
+//! A [`KeySet`] holds one ready verification key per (JWK, algorithm) pair
+//! ([`crate::jws::VerifyKey`]), built once when the set is read.
 //!
 //! `jwks_file` and inline `jwks` are read once at start-up. A `jwks_url` is fetched on first
 //! use and cached: a request whose key is in the cached set never waits for a fetch (a stale
@@ -17,11 +17,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use josekit::jwk::Jwk;
-use josekit::jws::JwsVerifier;
 use serde_json::Value;
 
 use super::jwt::AttestError;
 use crate::config::{AttestorConfig, InlineJwks};
+use crate::jws::VerifyKey;
 
 /// Whole-fetch time limit for a `jwks_url`.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,15 +46,15 @@ pub(crate) enum Origin {
 /// One JWK, ready to verify with each algorithm it may be used for.
 struct VerificationKey {
     kid: Option<String>,
-    verifiers: Vec<(&'static str, Box<dyn JwsVerifier>)>,
+    verifiers: Vec<(&'static str, VerifyKey)>,
 }
 
 impl VerificationKey {
-    fn verifier(&self, alg: &str) -> Option<&dyn JwsVerifier> {
+    fn verifier(&self, alg: &str) -> Option<&VerifyKey> {
         self.verifiers
             .iter()
             .find(|(a, _)| *a == alg)
-            .map(|(_, v)| v.as_ref())
+            .map(|(_, v)| v)
     }
 }
 
@@ -158,7 +158,7 @@ impl KeySet {
     ///
     /// With a `kid`: the key with that `kid` that can verify `alg`. Without one: the single
     /// key that can verify `alg`; none or several is a refusal, never a guess.
-    pub(crate) fn select(&self, kid: Option<&str>, alg: &str) -> Result<&dyn JwsVerifier, KeyMiss> {
+    pub(crate) fn select(&self, kid: Option<&str>, alg: &str) -> Result<&VerifyKey, KeyMiss> {
         match kid {
             Some(kid) => {
                 let mut named = self
@@ -227,7 +227,7 @@ fn build_key(
     }
     let mut verifiers = Vec::with_capacity(usable.len());
     for alg in usable {
-        let verifier = verifier_for(alg, &jwk)
+        let verifier = VerifyKey::from_jwk(alg, &jwk)
             .map_err(|e| format!("not a valid {} key for {alg}: {e}", jwk.key_type()))?;
         verifiers.push((alg, verifier));
     }
@@ -235,30 +235,6 @@ fn build_key(
         kid: jwk.key_id().map(str::to_owned),
         verifiers,
     }))
-}
-
-/// The josekit verifier for one allowed algorithm; josekit re-checks kty, crv, use and alg.
-fn verifier_for(alg: &str, jwk: &Jwk) -> Result<Box<dyn JwsVerifier>, String> {
-    use josekit::jws;
-    fn boxed<V: JwsVerifier + 'static>(
-        v: Result<V, josekit::JoseError>,
-    ) -> Result<Box<dyn JwsVerifier>, String> {
-        v.map(|v| Box::new(v) as Box<dyn JwsVerifier>)
-            .map_err(|e| e.to_string())
-    }
-    match alg {
-        "RS256" => boxed(jws::RS256.verifier_from_jwk(jwk)),
-        "RS384" => boxed(jws::RS384.verifier_from_jwk(jwk)),
-        "RS512" => boxed(jws::RS512.verifier_from_jwk(jwk)),
-        "PS256" => boxed(jws::PS256.verifier_from_jwk(jwk)),
-        "PS384" => boxed(jws::PS384.verifier_from_jwk(jwk)),
-        "PS512" => boxed(jws::PS512.verifier_from_jwk(jwk)),
-        "ES256" => boxed(jws::ES256.verifier_from_jwk(jwk)),
-        "ES384" => boxed(jws::ES384.verifier_from_jwk(jwk)),
-        "EdDSA" => boxed(jws::EdDSA.verifier_from_jwk(jwk)),
-        // Callers check the allow-list first; refuse rather than guess.
-        other => Err(format!("unsupported algorithm {other}")),
-    }
 }
 
 /// Where one attestor's keys come from.

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,7 +15,6 @@ use josekit::jwk::KeyPair;
 use josekit::jwk::alg::ec::{EcCurve, EcKeyPair};
 use josekit::jwk::alg::ed::{EdCurve, EdKeyPair};
 use josekit::jwk::alg::rsa::RsaKeyPair;
-use josekit::jws::{ES256, EdDSA, JwsSigner, JwsVerifier, RS256};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Map, Value};
@@ -26,31 +26,9 @@ use x509_parser::oid_registry::{
 use x509_parser::x509::AlgorithmIdentifier;
 
 use super::KeyError;
+use crate::jws::{SignKey, VerifyKey};
 
-/// The smallest RSA modulus accepted for signing.
-pub const MIN_RSA_BITS: usize = 2048;
-
-/// A JWS algorithm the broker signs JWTs with; detected from the key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SigningAlg {
-    /// ECDSA P-256 with SHA-256 (the default; in the JWT-SVID allow-list).
-    Es256,
-    /// RSASSA-PKCS1-v1_5 with SHA-256, RSA ≥ 2048 bits.
-    Rs256,
-    /// Ed25519 (outside the JWT-SVID allow-list; for relying parties that accept it).
-    EdDsa,
-}
-
-impl SigningAlg {
-    /// The JWS `alg` name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SigningAlg::Es256 => "ES256",
-            SigningAlg::Rs256 => "RS256",
-            SigningAlg::EdDsa => "EdDSA",
-        }
-    }
-}
+pub use crate::jws::{MIN_RSA_BITS, SigningAlg};
 
 /// One JWT signing key, parsed and ready to sign and verify.
 #[derive(Clone)]
@@ -62,8 +40,8 @@ pub struct SigningKey {
     /// base64url of the JWS header `{"alg","kid","typ":"JWT"}`: the first segment of
     /// every token this key signs.
     header_b64: String,
-    signer: Box<dyn JwsSigner>,
-    verifier: Box<dyn JwsVerifier>,
+    signer: Arc<SignKey>,
+    verifier: Arc<VerifyKey>,
 }
 
 // Key material stays out of logs: only the public identity of the key is shown.
@@ -95,74 +73,67 @@ impl SigningKey {
     pub fn from_pkcs8_der(der: &[u8], name: &str) -> Result<SigningKey, KeyError> {
         let (detected, rewritten) = detect(der, name)?;
         let der = rewritten.as_deref().unwrap_or(der);
-        let invalid = |e: josekit::JoseError| KeyError::InvalidKey {
+        let invalid = |reason: String| KeyError::InvalidKey {
             name: name.to_string(),
-            reason: jose_reason(&e),
+            reason,
         };
-        let (alg, spki, jwk, signer): (SigningAlg, Vec<u8>, josekit::jwk::Jwk, Box<dyn JwsSigner>) =
-            match detected {
-                SigningAlg::Es256 => {
-                    let pair = EcKeyPair::from_der(der, Some(EcCurve::P256)).map_err(invalid)?;
-                    let signer = ES256.signer_from_der(der).map_err(invalid)?;
-                    (
-                        SigningAlg::Es256,
-                        pair.to_der_public_key(),
-                        pair.to_jwk_public_key(),
-                        Box::new(signer),
-                    )
-                }
-                SigningAlg::Rs256 => {
-                    let pair = RsaKeyPair::from_der(der).map_err(invalid)?;
-                    let jwk = pair.to_jwk_public_key();
-                    let bits = rsa_bits(&jwk).ok_or_else(|| KeyError::InvalidKey {
+        let jose = |e: josekit::JoseError| invalid(jose_reason(&e));
+        // josekit reads the key and derives its public JWK; ring signs with it.
+        let (alg, spki, jwk, signer) = match detected {
+            SigningAlg::Es256 => {
+                let pair = EcKeyPair::from_der(der, Some(EcCurve::P256)).map_err(jose)?;
+                let (private, public) = (pair.to_jwk_private_key(), pair.to_jwk_public_key());
+                let member = |jwk: &josekit::jwk::Jwk, m: &str| {
+                    jwk_bytes(jwk, m).ok_or_else(|| invalid(format!("EC key without {m}")))
+                };
+                let signer = SignKey::es256(
+                    &member(&private, "d")?,
+                    &member(&public, "x")?,
+                    &member(&public, "y")?,
+                )
+                .map_err(invalid)?;
+                (SigningAlg::Es256, pair.to_der_public_key(), public, signer)
+            }
+            SigningAlg::Rs256 => {
+                let pair = RsaKeyPair::from_der(der).map_err(jose)?;
+                let jwk = pair.to_jwk_public_key();
+                let bits = jwk_bytes(&jwk, "n")
+                    .map(|n| crate::jws::rsa_bits(&n))
+                    .ok_or_else(|| invalid("RSA modulus missing".into()))?;
+                if bits < MIN_RSA_BITS {
+                    return Err(KeyError::WeakRsa {
                         name: name.to_string(),
-                        reason: "RSA modulus missing".into(),
-                    })?;
-                    if bits < MIN_RSA_BITS {
-                        return Err(KeyError::WeakRsa {
-                            name: name.to_string(),
-                            bits,
-                        });
-                    }
-                    let signer = RS256.signer_from_der(der).map_err(invalid)?;
-                    (
-                        SigningAlg::Rs256,
-                        pair.to_der_public_key(),
-                        jwk,
-                        Box::new(signer),
-                    )
+                        bits,
+                    });
                 }
-                SigningAlg::EdDsa => {
-                    let pair = EdKeyPair::from_der(der).map_err(invalid)?;
-                    if pair.curve() != EdCurve::Ed25519 {
-                        return Err(KeyError::Unsupported {
-                            name: name.to_string(),
-                            what: "Ed448".into(),
-                        });
-                    }
-                    let signer = EdDSA.signer_from_der(der).map_err(invalid)?;
-                    (
-                        SigningAlg::EdDsa,
-                        pair.to_der_public_key(),
-                        pair.to_jwk_public_key(),
-                        Box::new(signer),
-                    )
+                let signer = SignKey::rs256(der).map_err(invalid)?;
+                (SigningAlg::Rs256, pair.to_der_public_key(), jwk, signer)
+            }
+            SigningAlg::EdDsa => {
+                let pair = EdKeyPair::from_der(der).map_err(jose)?;
+                if pair.curve() != EdCurve::Ed25519 {
+                    return Err(KeyError::Unsupported {
+                        name: name.to_string(),
+                        what: "Ed448".into(),
+                    });
                 }
-            };
+                let signer = SignKey::ed25519(der).map_err(invalid)?;
+                (
+                    SigningAlg::EdDsa,
+                    pair.to_der_public_key(),
+                    pair.to_jwk_public_key(),
+                    signer,
+                )
+            }
+        };
 
-        let members =
-            ThumbprintMembers::from_jwk(&jwk, alg).ok_or_else(|| KeyError::InvalidKey {
-                name: name.to_string(),
-                reason: "public key parameters missing".into(),
-            })?;
+        let members = ThumbprintMembers::from_jwk(&jwk, alg)
+            .ok_or_else(|| invalid("public key parameters missing".into()))?;
         let kid = members.thumbprint();
         let public_jwk = members.public_jwk(&kid, alg);
-
-        let verifier: Box<dyn JwsVerifier> = match alg {
-            SigningAlg::Es256 => Box::new(ES256.verifier_from_der(&spki).map_err(invalid)?),
-            SigningAlg::Rs256 => Box::new(RS256.verifier_from_der(&spki).map_err(invalid)?),
-            SigningAlg::EdDsa => Box::new(EdDSA.verifier_from_der(&spki).map_err(invalid)?),
-        };
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki)
+            .map_err(|_| invalid("malformed public key".into()))?;
+        let verifier = VerifyKey::from_public_key(alg, &spki.subject_public_key.data);
 
         let header = serde_json::json!({ "alg": alg.as_str(), "kid": kid, "typ": "JWT" });
         let header_b64 = URL_SAFE_NO_PAD.encode(header.to_string());
@@ -172,19 +143,20 @@ impl SigningKey {
             kid,
             public_jwk,
             header_b64,
-            signer,
-            verifier,
+            signer: Arc::new(signer),
+            verifier: Arc::new(verifier),
         };
         // A key whose private and public halves disagree would sign tokens nobody can
         // verify; find out now rather than at the first request.
-        let probe = b"credbroker key self-test";
-        let signature = key.signer.sign(probe).map_err(invalid)?;
+        let probe = "credbroker key self-test";
+        let mut jws = String::from(probe);
+        key.signer.sign_compact(&mut jws).map_err(invalid)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(&jws[probe.len() + 1..])
+            .map_err(|_| invalid("signature is not base64url".into()))?;
         key.verifier
-            .verify(probe, &signature)
-            .map_err(|_| KeyError::InvalidKey {
-                name: name.to_string(),
-                reason: "public key does not match private key".into(),
-            })?;
+            .verify(probe.as_bytes(), &signature)
+            .map_err(|_| invalid("public key does not match private key".into()))?;
         Ok(key)
     }
 
@@ -221,15 +193,12 @@ impl SigningKey {
         token.push_str(&self.header_b64);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
-        let signature = self
-            .signer
-            .sign(token.as_bytes())
-            .map_err(|e| KeyError::Sign {
+        self.signer
+            .sign_compact(&mut token)
+            .map_err(|reason| KeyError::Sign {
                 kid: self.kid.clone(),
-                reason: jose_reason(&e),
+                reason,
             })?;
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
         Ok(token)
     }
 }
@@ -445,12 +414,10 @@ const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
-/// The size in bits of an RSA public JWK's modulus.
-fn rsa_bits(jwk: &josekit::jwk::Jwk) -> Option<usize> {
-    let n = jwk.parameter("n")?.as_str()?;
-    let n = URL_SAFE_NO_PAD.decode(n).ok()?;
-    let first = n.iter().position(|b| *b != 0)?;
-    Some((n.len() - first) * 8 - n[first].leading_zeros() as usize)
+/// A base64url member of a JWK, decoded.
+fn jwk_bytes(jwk: &josekit::jwk::Jwk, member: &str) -> Option<Vec<u8>> {
+    let value = jwk.parameter(member)?.as_str()?;
+    URL_SAFE_NO_PAD.decode(value).ok()
 }
 
 /// The required public members of a JWK (RFC 7638 §3.2), base64url values as published.

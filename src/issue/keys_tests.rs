@@ -1,5 +1,6 @@
 use josekit::jwk::Jwk;
 use josekit::jwk::alg::ec::{EcCurve, EcKeyPair};
+use josekit::jws::{ES256, EdDSA, JwsVerifier, RS256};
 use serde_json::json;
 
 use super::*;
