@@ -6,6 +6,10 @@
 #[path = "bench_support/mod.rs"]
 mod bench_support;
 
+// The allocator the `credbroker` binary uses (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use bench_support::{BenchBroker, BenchRedis, percentile};

@@ -14,6 +14,10 @@
 #[path = "bench_support/mod.rs"]
 mod bench_support;
 
+// The allocator the `credbroker` binary uses (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Token-exchange throughput and latency, beside the raw crypto ceiling (SPEC §11).
 //!
-//! `cargo run --release --example bench_token [-- SECONDS]`
+//! `cargo run --release --example bench_token [-- SECONDS [memory|redis]]`
 //!
 //! 1. The ceiling: one RS256 verify (the platform token) + one ES256 sign (our JWT),
 //!    with the same library the broker uses (josekit/OpenSSL) and with ring, on one
@@ -12,6 +12,10 @@
 
 #[path = "bench_support/mod.rs"]
 mod bench_support;
+
+// The allocator the `credbroker` binary uses (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::Duration;
 
@@ -116,6 +120,8 @@ fn main() {
         "application/x-www-form-urlencoded",
         body.as_bytes(),
     )]);
+    let only = std::env::args().nth(2);
+    stores.retain(|(name, _)| only.as_deref().is_none_or(|o| o == *name));
     for (name, store) in stores {
         let config_path = dir.path().join(format!("bench-{name}.toml"));
         std::fs::write(&config_path, config(&store)).unwrap();

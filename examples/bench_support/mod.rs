@@ -314,7 +314,7 @@ where
     F: FnOnce(Instant) -> Vec<tokio::task::JoinHandle<Tally>>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("load")
         .enable_all()
         .build()
