@@ -473,7 +473,7 @@ impl Broker {
         chain: &[String],
         expires_at: i64,
         caller: &Caller,
-        credential_type: &str,
+        credential_type: &'static str,
     ) -> Result<(), BrokerError> {
         let now = self.now();
         let event = AuditEvent::new(AuditEventKind::Issued, now)
@@ -496,8 +496,7 @@ impl Broker {
         if let Err(e) = self.store.record_issuance(&record).await {
             self.tolerate_store_error(e)?;
         }
-        metrics::counter!("credbroker_issued_total", "type" => credential_type.to_string())
-            .increment(1);
+        metrics::counter!("credbroker_issued_total", "type" => credential_type).increment(1);
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 //! gets a clear `401 invalid_client` instead of a failed handshake (SPEC §6).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -36,14 +36,57 @@ pub fn install_default_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The certificates a TLS client presented (leaf first), if any.
+/// The certificates a TLS client presented (leaf first), and what the broker concluded
+/// from them on this connection.
 #[derive(Debug, Clone)]
-pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+pub struct PeerCertificates {
+    chain: Arc<Vec<CertificateDer<'static>>>,
+    attested: Arc<OnceLock<CertificateAttestation>>,
+}
+
+/// A successful attestation of a connection's certificate chain, and the time window
+/// (Unix seconds, inclusive) in which every certificate of that chain is valid.
+///
+/// A connection's chain never changes, so path validation — a signature check per
+/// certificate — is done once per connection rather than once per request; what can
+/// change (time, revocation, locks, policy) is still checked on every request.
+#[derive(Debug, Clone)]
+pub struct CertificateAttestation {
+    pub attestation: crate::attest::Attestation,
+    pub valid_from: i64,
+    pub valid_until: i64,
+}
 
 impl PeerCertificates {
+    /// A chain as presented in the handshake, leaf first.
+    pub fn new(chain: Vec<CertificateDer<'static>>) -> PeerCertificates {
+        PeerCertificates {
+            chain: Arc::new(chain),
+            attested: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
     /// The leaf certificate.
     pub fn leaf(&self) -> Option<&CertificateDer<'static>> {
-        self.0.first()
+        self.chain.first()
+    }
+
+    /// The attestation remembered for this connection, if it is still within its window.
+    pub fn attested_at(&self, now: i64) -> Option<&crate::attest::Attestation> {
+        self.attested
+            .get()
+            .filter(|a| (a.valid_from..=a.valid_until).contains(&now))
+            .map(|a| &a.attestation)
+    }
+
+    /// Remembers a successful attestation for the rest of the connection.
+    pub fn remember(&self, attested: CertificateAttestation) {
+        let _ = self.attested.set(attested);
     }
 }
 

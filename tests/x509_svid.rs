@@ -692,6 +692,26 @@ async fn renewal_keeps_the_identity_adds_lineage_and_dies_with_its_ancestor() {
             .unwrap()
             .contains("descends")
     );
+    // The connection that was attested before the revocation (its chain validated once,
+    // then remembered) is refused as well: revocation is checked on every request.
+    let resp = http
+        .post(f.broker.url("/v1/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("audience", "inventory"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("descends"),
+        "{body}"
+    );
 
     // The CRL lists both, verifies against the CA, and has a short nextUpdate.
     let resp = f.http.get(f.broker.url("/v1/crl")).send().await.unwrap();

@@ -59,17 +59,6 @@ pub fn attest(
     let not_after = cert.validity().not_after.timestamp();
     // Issued at notBefore + backdate: what revocation by SPIFFE ID or time compares with.
     let issued_at = not_before + BACKDATE_SECS;
-    let credential = CredentialRef {
-        id: &serial,
-        spiffe_id: id.as_str(),
-        source: &lineage.src,
-        issued_at,
-        chain: &lineage.chain,
-        actors: &[],
-    };
-    if let Some(why) = mirror.check(&credential, now) {
-        return Err(X509SvidError::Revoked(why.to_string()));
-    }
     let claims = json!({
         "typ": "x509",
         "sub": id.as_str(),
@@ -80,7 +69,7 @@ pub fn attest(
         "src": lineage.src,
         "chain": lineage.chain,
     });
-    Ok(Attestation {
+    let attestation = Attestation {
         attestor: SVID_ATTESTOR.to_string(),
         kind: AttestorKind::Svid,
         subject: id.to_string(),
@@ -95,7 +84,39 @@ pub fn attest(
             audiences: Vec::new(),
             scopes: Vec::new(),
         }),
-    })
+    };
+    check_revoked(mirror, &attestation, now)?;
+    Ok(attestation)
+}
+
+/// Refuses an `svid` attestation whose certificate has been revoked: by serial, SPIFFE
+/// ID, source or through its lineage. Checked again on every request that reuses it.
+pub fn check_revoked(
+    mirror: &RevocationMirror,
+    attestation: &Attestation,
+    now: i64,
+) -> Result<(), X509SvidError> {
+    let parent = attestation
+        .parent
+        .as_ref()
+        .ok_or(X509SvidError::NotSvid("it carries no credbroker lineage"))?;
+    let issued_at = attestation
+        .claims
+        .get("iat")
+        .and_then(serde_json::Value::as_i64)
+        .ok_or(X509SvidError::NotSvid("it carries no issue time"))?;
+    let credential = CredentialRef {
+        id: &parent.id,
+        spiffe_id: &attestation.subject,
+        source: &parent.source.0,
+        issued_at,
+        chain: &parent.chain,
+        actors: &[],
+    };
+    match mirror.check(&credential, now) {
+        Some(why) => Err(X509SvidError::Revoked(why.to_string())),
+        None => Ok(()),
+    }
 }
 
 /// The one URI SAN an X.509-SVID carries (X509-SVID §2: exactly one).

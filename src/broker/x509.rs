@@ -19,7 +19,7 @@ use crate::config::{AttestorKind, Config, CredentialType};
 use crate::issue::x509::{
     CaError, IssuedSvid, Lineage, SvidRequest, VerifiedCsr, X509Ca, is_serial,
 };
-use crate::tls::PeerCertificates;
+use crate::tls::{CertificateAttestation, PeerCertificates};
 
 /// Issued X.509-SVIDs remembered for the CRL (so lineage, identity and source revocations
 /// reach it); beyond this many live ones, new ones are not remembered (see README).
@@ -30,8 +30,17 @@ const MAX_REMEMBERED: usize = 50_000;
 pub(super) struct X509State {
     ca: Option<CaState>,
     mtls: Vec<MtlsAttestor>,
-    issued: Mutex<HashMap<String, IssuedNote>>,
+    issued: Mutex<Remembered>,
     crl: Mutex<CrlCache>,
+}
+
+/// The live X.509-SVIDs this broker issued, for the CRL.
+#[derive(Default)]
+struct Remembered {
+    notes: HashMap<String, IssuedNote>,
+    /// Set while full: no note expires before this time, so pruning earlier would find
+    /// nothing (and scan every note on every issuance).
+    full_until: Option<i64>,
 }
 
 struct CaState {
@@ -88,7 +97,7 @@ impl X509State {
         Ok(X509State {
             ca,
             mtls: attestors,
-            issued: Mutex::new(HashMap::new()),
+            issued: Mutex::new(Remembered::default()),
             crl: Mutex::new(CrlCache::default()),
         })
     }
@@ -123,14 +132,42 @@ impl Broker {
 
     /// The client certificate as an attestation: our own SVID (`svid`) first, then each
     /// `mtls` attestor's roots. Untrusted, expired or revoked → `Credential` (401).
+    ///
+    /// The first success on a connection is remembered with the chain's validity window;
+    /// later requests on it skip path validation but are checked for time and, for our
+    /// own SVIDs, revocation.
     pub fn attest_certificate(
         &self,
         certs: Option<&PeerCertificates>,
     ) -> Result<Attestation, BrokerError> {
-        let certs = certs.filter(|c| !c.0.is_empty()).ok_or_else(|| {
+        let certs = certs.filter(|c| !c.chain().is_empty()).ok_or_else(|| {
             BrokerError::Credential("a client certificate over mTLS is required".into())
         })?;
         let now = self.now();
+        if let Some(known) = certs.attested_at(now) {
+            if known.kind == AttestorKind::Svid {
+                x509svid::check_revoked(&self.mirror, known, now)
+                    .map_err(|e| BrokerError::Credential(e.to_string()))?;
+            }
+            return Ok(known.clone());
+        }
+        let attestation = self.verify_certificate(certs, now)?;
+        if let Some((valid_from, valid_until)) = validity_window(certs.chain()) {
+            certs.remember(CertificateAttestation {
+                attestation: attestation.clone(),
+                valid_from,
+                valid_until,
+            });
+        }
+        Ok(attestation)
+    }
+
+    /// Full path validation of a client chain, to our CA and then each `mtls` attestor's.
+    fn verify_certificate(
+        &self,
+        certs: &PeerCertificates,
+        now: i64,
+    ) -> Result<Attestation, BrokerError> {
         let mut best: Option<CertError> = None;
         if let Some(ca) = &self.x509.ca {
             match self.attest_own_svid(ca, certs, now) {
@@ -141,7 +178,7 @@ impl Broker {
             }
         }
         for attestor in &self.x509.mtls {
-            match attestor.attest(&certs.0, now) {
+            match attestor.attest(certs.chain(), now) {
                 Ok(a) => return Ok(a),
                 Err(e) => {
                     if best
@@ -169,7 +206,7 @@ impl Broker {
             intermediates: ca.ca.intermediates(),
             trust_domain: &self.config.trust_domain,
         };
-        x509svid::attest(&own, &self.mirror, &certs.0, now)
+        x509svid::attest(&own, &self.mirror, certs.chain(), now)
     }
 
     /// Checks a client certificate chain as an X.509-SVID this broker issued; returns
@@ -270,17 +307,22 @@ impl Broker {
 
     fn remember_issued(&self, issued: &IssuedSvid, spiffe_id: &str, lineage: Lineage) {
         let now = self.now();
-        let mut map = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_REMEMBERED {
-            map.retain(|_, n| n.expires_at > now);
-            if map.len() >= MAX_REMEMBERED {
+        let mut remembered = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
+        if remembered.notes.len() >= MAX_REMEMBERED {
+            if remembered.full_until.is_some_and(|until| now < until) {
+                return;
+            }
+            remembered.notes.retain(|_, n| n.expires_at > now);
+            if remembered.notes.len() >= MAX_REMEMBERED {
+                remembered.full_until = remembered.notes.values().map(|n| n.expires_at).min();
                 tracing::warn!(
                     "more than {MAX_REMEMBERED} live X.509-SVIDs: the CRL lists only directly revoked serials for the newest ones"
                 );
                 return;
             }
+            remembered.full_until = None;
         }
-        map.insert(
+        remembered.notes.insert(
             issued.serial.clone(),
             IssuedNote {
                 spiffe_id: spiffe_id.to_string(),
@@ -397,9 +439,9 @@ impl Broker {
             .filter(|e| e.kind == EntryKind::Credential && is_serial(&e.value))
             .map(|e| e.value)
             .collect();
-        let mut map = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, n| n.expires_at > now);
-        for (serial, note) in map.iter() {
+        let mut remembered = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
+        remembered.notes.retain(|_, n| n.expires_at > now);
+        for (serial, note) in remembered.notes.iter() {
             let c = CredentialRef {
                 id: serial,
                 spiffe_id: &note.spiffe_id,
@@ -469,4 +511,20 @@ fn certificate_jwk(der: &[u8]) -> Option<serde_json::Map<String, Value>> {
         _ => return None,
     }
     Some(jwk)
+}
+
+/// The window (Unix seconds) in which every certificate of `chain` is valid; `None` if a
+/// certificate cannot be parsed (then nothing is remembered).
+fn validity_window(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<(i64, i64)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    chain
+        .iter()
+        .try_fold((i64::MIN, i64::MAX), |(from, until), der| {
+            let (_, cert) = X509Certificate::from_der(der).ok()?;
+            let validity = cert.validity();
+            Some((
+                from.max(validity.not_before.timestamp()),
+                until.min(validity.not_after.timestamp()),
+            ))
+        })
 }

@@ -89,9 +89,9 @@ pub async fn serve(
                         Err(_) => return,
                     };
                     let peer_certs = stream.get_ref().1.peer_certificates().map(|certs| {
-                        PeerCertificates(Arc::new(
+                        PeerCertificates::new(
                             certs.iter().map(|c| c.clone().into_owned()).collect(),
-                        ))
+                        )
                     });
                     let info = ConnInfo {
                         remote: Some(remote),

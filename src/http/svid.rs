@@ -70,7 +70,10 @@ pub async fn issue(
     LimitedBody(body): LimitedBody,
 ) -> Result<SvidResponse, ApiError> {
     let bearer = bearer(&headers)?;
-    let has_cert = conn.peer_certs.as_ref().is_some_and(|c| !c.0.is_empty());
+    let has_cert = conn
+        .peer_certs
+        .as_ref()
+        .is_some_and(|c| !c.chain().is_empty());
     if bearer.is_none() && !has_cert {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -5,7 +5,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::{KeyError, SigningKeys};
 
@@ -90,8 +91,52 @@ pub fn new_credential_id() -> Result<String, KeyError> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// The claims of SPEC §5.1 and the `exp` they carry.
-fn claims(req: &JwtRequest, jti: &str) -> Result<(Map<String, Value>, i64), KeyError> {
+/// The claims of SPEC §5.1, serialised straight from the request (in this order).
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: Audience<'a>,
+    iat: i64,
+    nbf: i64,
+    exp: i64,
+    jti: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    owner: &'a str,
+    att: Att<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<Cnf<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<&'a Value>,
+    src: &'a str,
+    rule: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    chain: &'a [String],
+}
+
+/// `aud`: a string when one, an array when several (RFC 7519 §4.1.3).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Audience<'a> {
+    One(&'a str),
+    Many(&'a [String]),
+}
+
+#[derive(Serialize)]
+struct Att<'a> {
+    attestor: &'a str,
+    kind: &'a str,
+}
+
+#[derive(Serialize)]
+struct Cnf<'a> {
+    #[serde(rename = "x5t#S256")]
+    x5t_s256: &'a str,
+}
+
+/// The claims of `req` and the `exp` they carry.
+fn claims<'a>(req: &JwtRequest<'a>, jti: &'a str) -> Result<(Claims<'a>, i64), KeyError> {
     let ttl = i64::try_from(req.ttl.as_secs()).map_err(|_| KeyError::Claims("TTL too long"))?;
     if ttl == 0 {
         return Err(KeyError::Claims("TTL must be at least one second"));
@@ -102,44 +147,30 @@ fn claims(req: &JwtRequest, jti: &str) -> Result<(Map<String, Value>, i64), KeyE
         .ok_or(KeyError::Claims("TTL too long"))?;
     let aud = match req.audiences {
         [] => return Err(KeyError::Claims("at least one audience is required")),
-        [one] => Value::String(one.clone()),
-        many => Value::Array(many.iter().cloned().map(Value::String).collect()),
+        [one] => Audience::One(one),
+        many => Audience::Many(many),
     };
-
-    let mut c = Map::new();
-    let s = |v: &str| Value::String(v.to_string());
-    c.insert("iss".into(), s(req.issuer));
-    c.insert("sub".into(), s(req.spiffe_id));
-    c.insert("aud".into(), aud);
-    c.insert("iat".into(), req.now.into());
-    c.insert("nbf".into(), req.now.into());
-    c.insert("exp".into(), exp.into());
-    c.insert("jti".into(), s(jti));
-    if !req.scopes.is_empty() {
-        c.insert("scope".into(), Value::String(req.scopes.join(" ")));
-    }
-    c.insert("owner".into(), s(req.owner));
-    let mut att = Map::new();
-    att.insert("attestor".into(), s(req.attestor));
-    att.insert("kind".into(), s(req.attestor_kind));
-    c.insert("att".into(), Value::Object(att));
-    if let Some(thumbprint) = req.cnf_x5t_s256 {
-        let mut cnf = Map::new();
-        cnf.insert("x5t#S256".into(), s(thumbprint));
-        c.insert("cnf".into(), Value::Object(cnf));
-    }
-    if let Some(act) = req.act {
-        c.insert("act".into(), act.clone());
-    }
-    c.insert("src".into(), s(req.source));
-    c.insert("rule".into(), s(req.rule));
-    if !req.chain.is_empty() {
-        c.insert(
-            "chain".into(),
-            Value::Array(req.chain.iter().cloned().map(Value::String).collect()),
-        );
-    }
-    Ok((c, exp))
+    let claims = Claims {
+        iss: req.issuer,
+        sub: req.spiffe_id,
+        aud,
+        iat: req.now,
+        nbf: req.now,
+        exp,
+        jti,
+        scope: (!req.scopes.is_empty()).then(|| req.scopes.join(" ")),
+        owner: req.owner,
+        att: Att {
+            attestor: req.attestor,
+            kind: req.attestor_kind,
+        },
+        cnf: req.cnf_x5t_s256.map(|x5t_s256| Cnf { x5t_s256 }),
+        act: req.act,
+        src: req.source,
+        rule: req.rule,
+        chain: req.chain,
+    };
+    Ok((claims, exp))
 }
 
 #[cfg(test)]

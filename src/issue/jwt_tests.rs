@@ -1,6 +1,6 @@
 use std::collections::BTreeSet;
 
-use serde_json::json;
+use serde_json::{Map, json};
 
 use super::*;
 use crate::issue::generate_jwt_key_pem;

@@ -181,7 +181,7 @@ impl SigningKey {
     }
 
     /// Signs `claims` as a compact JWS whose header is exactly `alg`, `kid`, `typ: "JWT"`.
-    pub fn sign_jwt(&self, claims: &Map<String, Value>) -> Result<String, KeyError> {
+    pub fn sign_jwt<C: serde::Serialize + ?Sized>(&self, claims: &C) -> Result<String, KeyError> {
         let payload = serde_json::to_vec(claims).map_err(|e| KeyError::Sign {
             kid: self.kid.clone(),
             reason: e.to_string(),
