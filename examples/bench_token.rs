@@ -3,8 +3,8 @@
 //! `cargo run --release --example bench_token [-- SECONDS [memory|redis]]`
 //!
 //! 1. The ceiling: one RS256 verify (the platform token) + one ES256 sign (our JWT),
-//!    with the same library the broker uses (josekit/OpenSSL) and with ring, on one
-//!    core and on all cores.
+//!    with ring (what the broker signs and verifies with) and with josekit/OpenSSL, on
+//!    one core and on all cores.
 //! 2. The real endpoint: a broker in this process serving plain HTTP on loopback,
 //!    driven over keep-alive connections at concurrency 1, 16 and 64 by a minimal
 //!    HTTP/1.1 client (as wrk would), with the memory store and (if `redis-server` is

@@ -2,8 +2,9 @@
 //!
 //! Keys are PKCS#8 PEM files. The first configured key signs; every key is published in
 //! the JWKS so tokens signed before a rotation keep verifying until they expire. Each key
-//! is parsed once, here: it keeps a ready josekit signer and verifier and its JWS header
-//! already encoded, so a signature costs the crypto plus serialising the claims.
+//! is parsed once, here (josekit reads it): it keeps a ready ring signer and verifier and
+//! its JWS header already encoded, so a signature costs the crypto plus serialising the
+//! claims.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Issuing credentials: the broker's signing keys, JWT minting, lineage, key generation.
 //!
 //! [`keys`] loads the JWT signing keys once (first = active, the rest published only) and
-//! keeps ready josekit signers and verifiers; [`jwt`] turns a policy grant into a signed
+//! keeps ready ring signers and verifiers; [`jwt`] turns a policy grant into a signed
 //! JWT-SVID (SPEC §5.1); [`lineage`] computes a descendant credential's `chain` (SPEC §6.3);
 //! [`x509`] mints X.509-SVIDs from CSRs and signs the CRL (SPEC §5.2, §6.4);
 //! [`keygen`] writes a complete, working key set and `broker.toml` (`credbroker keys generate`).
