@@ -649,15 +649,17 @@ async fn renewal_keeps_the_identity_adds_lineage_and_dies_with_its_ancestor() {
         &key2,
     );
     let http = client(&f.keys, Some((&c, &k)));
-    let resp = http
-        .post(f.broker.url("/v1/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("audience", "inventory"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let client_credentials = || async {
+        http.post(f.broker.url("/v1/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("audience", "inventory"),
+            ])
+            .send()
+            .await
+            .unwrap()
+    };
+    let resp = client_credentials().await;
     assert_eq!(resp.status().as_u16(), 200);
     let token: Value = resp.json().await.unwrap();
     let claims = decode_segment(token["access_token"].as_str().unwrap(), 1);
@@ -694,15 +696,7 @@ async fn renewal_keeps_the_identity_adds_lineage_and_dies_with_its_ancestor() {
     );
     // The connection that was attested before the revocation (its chain validated once,
     // then remembered) is refused as well: revocation is checked on every request.
-    let resp = http
-        .post(f.broker.url("/v1/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("audience", "inventory"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let resp = client_credentials().await;
     assert_eq!(resp.status().as_u16(), 401);
     let body: Value = resp.json().await.unwrap();
     assert!(
