@@ -420,6 +420,34 @@ async fn inventory_is_per_identity(p: Pair) {
     assert_eq!(audit[0].credential_id.as_deref(), Some("cred0"));
 }
 
+both!(concurrent_issuances_all_land, 1000, 1000);
+/// Concurrent writes (group-committed into shared pipelines on Redis) each land once.
+async fn concurrent_issuances_all_land(p: Pair) {
+    let t = now();
+    let id = "spiffe://example.org/ns/prod/sa/busy";
+    let records: Vec<IssuanceRecord> = (0..200)
+        .map(|i| issuance(id, "team-a", t, t + 300, i))
+        .collect();
+    let results =
+        futures_util::future::join_all(records.iter().map(|r| p.store.record_issuance(r))).await;
+    assert!(results.iter().all(Result::is_ok));
+    let all = p.other.list_identities(None).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].credentials_issued, 200);
+    let mut ids: Vec<String> = p
+        .store
+        .recent_audit(1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.credential_id)
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..200).map(|n| format!("cred{n}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+}
+
 both!(audit_stream_is_bounded, 1000, 20);
 async fn audit_stream_is_bounded(p: Pair) {
     let t = now();

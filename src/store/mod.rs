@@ -5,6 +5,7 @@
 //! the same semantics for `dev` and single-process embedding. It is cheap to clone.
 
 pub mod memory;
+mod redis_batch;
 pub mod redis_store;
 
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub enum Store {
 }
 
 /// Why a store operation failed. Messages never carry a password or a token.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached (connection refused, dropped, timed out).
     #[error("store unreachable: {0}")]

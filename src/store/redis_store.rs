@@ -25,6 +25,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 
+use super::redis_batch::RecordWriter;
 use super::{
     EventRead, JoinTokenRecord, MIN_REMEMBER, RevocationEvent, StoreError, parse_cursor,
     redact_url, wall_ms,
@@ -116,6 +117,8 @@ struct Inner {
     client: Client,
     /// Multiplexed, reconnecting: every non-blocking command.
     conn: ConnectionManager,
+    /// Issuance records, group-committed over `conn`.
+    records: RecordWriter,
     /// Dedicated connections for blocking stream reads, so that a read waiting for events
     /// never holds up request traffic on `conn`.
     idle_blocking: Mutex<Vec<MultiplexedConnection>>,
@@ -214,6 +217,7 @@ impl RedisStore {
         let store = Self {
             inner: Arc::new(Inner {
                 client,
+                records: RecordWriter::spawn(conn.clone(), "record_issuance"),
                 conn,
                 idle_blocking: Mutex::new(Vec::new()),
                 keys: Keys::new(prefix),
@@ -511,13 +515,10 @@ impl RedisStore {
     pub(super) async fn record_issuance(&self, inv: &IssuanceRecord) -> Result<(), StoreError> {
         let keys = &self.inner.keys;
         let key = keys.with("inv", &inv.spiffe_id);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSETNX")
-            .arg(&key)
-            .arg("first_seen")
-            .arg(inv.issued_at)
-            .ignore();
-        pipe.cmd("HSET")
+        let mut first_seen = redis::cmd("HSETNX");
+        first_seen.arg(&key).arg("first_seen").arg(inv.issued_at);
+        let mut record = redis::cmd("HSET");
+        record
             .arg(&key)
             .arg("owner")
             .arg(&inv.owner)
@@ -526,39 +527,39 @@ impl RedisStore {
             .arg("attestor")
             .arg(&inv.attestor)
             .arg("last_issued")
-            .arg(inv.issued_at)
-            .ignore();
-        pipe.cmd("HINCRBY").arg(&key).arg("count").arg(1).ignore();
-        pipe.cmd("ZADD")
+            .arg(inv.issued_at);
+        let mut count = redis::cmd("HINCRBY");
+        count.arg(&key).arg("count").arg(1);
+        let mut index = redis::cmd("ZADD");
+        index
             .arg(&keys.inv_index)
             .arg("GT")
             .arg(inv.expires_at)
-            .arg(&inv.spiffe_id)
-            .ignore();
-        self.add_audit(&mut pipe, &inv.event)?;
-        pipe.query_async::<()>(&mut self.conn())
+            .arg(&inv.spiffe_id);
+        let audit = self.audit_cmd(&inv.event)?;
+        self.inner
+            .records
+            .write(vec![first_seen, record, count, index, audit])
             .await
-            .map_err(|e| map_err("record_issuance", e))
     }
 
-    fn add_audit(&self, pipe: &mut redis::Pipeline, ev: &AuditEvent) -> Result<(), StoreError> {
+    /// `XADD` of one audit event to the bounded audit stream.
+    fn audit_cmd(&self, ev: &AuditEvent) -> Result<redis::Cmd, StoreError> {
         let json = serde_json::to_string(ev).map_err(|e| StoreError::Backend(e.to_string()))?;
-        pipe.cmd("XADD")
-            .arg(&self.inner.keys.audit)
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.inner.keys.audit)
             .arg("MAXLEN")
             .arg("~")
             .arg(self.inner.audit_max_len)
             .arg("*")
             .arg("event")
-            .arg(json)
-            .ignore();
-        Ok(())
+            .arg(json);
+        Ok(cmd)
     }
 
     pub(super) async fn append_audit(&self, ev: &AuditEvent) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        self.add_audit(&mut pipe, ev)?;
-        pipe.query_async::<()>(&mut self.conn())
+        self.audit_cmd(ev)?
+            .query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| map_err("append_audit", e))
     }
@@ -645,7 +646,7 @@ impl RedisStore {
 }
 
 /// Maps a Redis error, counting it, with any URL password masked.
-fn map_err(op: &'static str, e: RedisError) -> StoreError {
+pub(super) fn map_err(op: &'static str, e: RedisError) -> StoreError {
     metrics::counter!("credbroker_redis_errors_total", "op" => op).increment(1);
     let message = format!("{op}: {}", redact_url(&e.to_string()));
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {

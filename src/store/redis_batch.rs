@@ -1,0 +1,84 @@
+//! Group commit for the issuance records: the one Redis write of every credential.
+//!
+//! Each request hands its commands to one writer task and waits for them to be written.
+//! The writer sends what has gathered as one pipeline, waits for Redis to answer, and
+//! answers every request in it; what arrives meanwhile goes in the next. Redis then reads,
+//! parses and replies once per batch rather than once per credential — its per-command
+//! work is a fraction of that — and a lone request pays one scheduler yield. (Measured:
+//! about +4 % tokens/s at 64 connections on one Redis; the batches stay small there
+//! because a loopback round trip is short.)
+//!
+//! A request returns only once its record is written (or has failed), exactly as a direct
+//! write would: batching changes the syscalls, not the guarantee.
+
+use redis::Cmd;
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+
+/// Records per pipeline at most.
+const MAX_BATCH: usize = 256;
+/// Requests that may wait for the writer; more wait for room (back-pressure).
+const QUEUE: usize = 4096;
+
+struct Pending {
+    commands: Vec<Cmd>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The handle requests write through; clones share the writer.
+#[derive(Clone)]
+pub(super) struct RecordWriter {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl RecordWriter {
+    /// Starts the writer task on the current runtime; it ends when every handle is dropped.
+    pub(super) fn spawn(conn: ConnectionManager, op: &'static str) -> RecordWriter {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(conn, rx, op));
+        RecordWriter { tx }
+    }
+
+    /// Writes `commands` (replies ignored) in the next batch; returns when it is written.
+    pub(super) async fn write(&self, commands: Vec<Cmd>) -> Result<(), StoreError> {
+        let gone = || StoreError::Unavailable("the Redis writer has stopped".into());
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send(Pending { commands, done })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+async fn run(mut conn: ConnectionManager, mut rx: mpsc::Receiver<Pending>, op: &'static str) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        // The requests being handled right now are about to add theirs: let them.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        let mut waiting = Vec::with_capacity(batch.len());
+        for pending in batch.drain(..) {
+            for command in pending.commands {
+                pipe.add_command(command).ignore();
+            }
+            waiting.push(pending.done);
+        }
+        let result = pipe
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| super::redis_store::map_err(op, e));
+        for done in waiting {
+            let _ = done.send(result.clone());
+        }
+    }
+}
