@@ -877,8 +877,17 @@ async fn tokens_never_reach_the_logs() {
     assert_eq!(r.status(), 401);
     secrets.push("not-the-admin-token-but-secret".into());
     assert_eq!(secrets.len(), 6, "one token was issued");
-    // The audit lines for the issuance and the denial are written before the answers.
-    let text = log.lock().unwrap().clone();
+    // The audit lines for the issuance and the denial are written before the answers, but
+    // reach `log` through the thread reading the broker's output: give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = log.lock().unwrap().clone();
+        let complete = text.contains("issued") && text.contains("denied");
+        if complete || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert!(
         text.contains("issued"),
         "the broker logged its work: {text}"
