@@ -139,7 +139,11 @@ fn main() {
                 conns,
                 level_time,
                 2_000_000,
-                move || tokio::net::TcpStream::connect(addr),
+                move || async move {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    tcp.set_nodelay(true)?;
+                    Ok(tcp)
+                },
                 request.clone(),
             );
             println!(
