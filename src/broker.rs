@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::attest::jwt::{AttestError, JwtAttestors, peek};
+use crate::attest::jwt::{AttestError, JwtAttestors, UnverifiedJwt};
 use crate::attest::{Attestation, join_token, svid};
 use crate::clock::SharedClock;
 use crate::config::{Config, CredentialType};
@@ -335,8 +335,8 @@ impl Broker {
     pub async fn attest_token(&self, token: &PresentedToken) -> Result<Attestation, BrokerError> {
         match token {
             PresentedToken::Jwt(jwt) => {
-                let peeked = peek(jwt)?;
-                match peeked.iss.as_deref() {
+                let decoded = UnverifiedJwt::decode(jwt)?;
+                match decoded.iss() {
                     Some(iss) if iss == self.config.issuer => self.attest_own_jwt(jwt),
                     Some(iss) => {
                         let attestor = self.jwt_attestors.find_by_issuer(iss).ok_or_else(|| {
@@ -344,7 +344,7 @@ impl Broker {
                                 iss: iss.chars().take(100).collect(),
                             }
                         })?;
-                        let attestation = attestor.attest(jwt, self.now()).await?;
+                        let attestation = attestor.attest_decoded(decoded, self.now()).await?;
                         if attestor.rejects_replay()
                             && let Some((key, exp)) = attestor.replay_key(&attestation.claims, jwt)
                         {

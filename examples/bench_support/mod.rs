@@ -375,3 +375,74 @@ pub fn one_core<F: Fn()>(duration: Duration, work: F) -> f64 {
     }
     n as f64 / start.elapsed().as_secs_f64()
 }
+
+/// Machine-wide CPU time, read from `/proc/stat` (Linux; `None` elsewhere).
+///
+/// On a shared VM the hypervisor takes time away ("steal") in bursts, which moves ops/s
+/// from run to run by ±30 %; CPU time per operation moves far less. Benchmarks print it
+/// beside the rates so that two runs, or a run and its ceiling, can be compared per unit
+/// of CPU the machine really had.
+#[derive(Clone, Copy)]
+pub struct CpuTicks {
+    busy: u64,
+    idle: u64,
+    steal: u64,
+}
+
+/// What the machine did between two [`CpuTicks`].
+pub struct CpuUse {
+    /// CPU-seconds spent running anything (user, system, interrupts), on all cores.
+    pub busy_seconds: f64,
+    /// Shares of all CPU time that were idle, and stolen by the hypervisor.
+    pub idle_share: f64,
+    pub steal_share: f64,
+}
+
+impl CpuTicks {
+    pub fn now() -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = fields[..] else {
+            return None;
+        };
+        Some(CpuTicks {
+            busy: user + nice + system + irq + softirq,
+            idle: idle + iowait,
+            steal,
+        })
+    }
+
+    /// The use since `self`, `wall` being the time between the two samples.
+    pub fn until(self, end: CpuTicks, wall: Duration) -> CpuUse {
+        let busy = end.busy.saturating_sub(self.busy) as f64;
+        let idle = end.idle.saturating_sub(self.idle) as f64;
+        let steal = end.steal.saturating_sub(self.steal) as f64;
+        let total = (busy + idle + steal).max(1.0);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
+        CpuUse {
+            busy_seconds: busy / total * cores * wall.as_secs_f64(),
+            idle_share: idle / total,
+            steal_share: steal / total,
+        }
+    }
+}
+
+/// Runs `work` and reports what it returned together with the machine's CPU use meanwhile.
+pub fn with_cpu<R>(work: impl FnOnce() -> R) -> (R, Option<CpuUse>) {
+    let before = CpuTicks::now();
+    let start = Instant::now();
+    let result = work();
+    let used = before
+        .zip(CpuTicks::now())
+        .map(|(b, e)| b.until(e, start.elapsed()));
+    (result, used)
+}

@@ -115,42 +115,54 @@ pub(crate) fn echo(value: &str) -> String {
     out
 }
 
-/// An unverified look at a compact JWS, for routing only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peek {
-    /// Header `alg`.
-    pub alg: String,
-    /// Header `kid`.
-    pub kid: Option<String>,
-    /// Header `typ`.
-    pub typ: Option<String>,
-    /// Payload `iss`, if it is a string.
-    pub iss: Option<String>,
+/// A compact JWS decoded once, before anything in it is trusted: the broker routes it to an
+/// attestor by `iss`, and that attestor verifies it without decoding it again.
+pub struct UnverifiedJwt<'a> {
+    token: &'a str,
+    header: Header,
+    claims: Map<String, Value>,
+    signature: Vec<u8>,
+    /// `header.payload`: the bytes the signature covers.
+    signing_input: &'a str,
 }
 
-/// Reads header `alg`/`kid`/`typ` and the `iss` claim without verifying anything.
-pub fn peek(token: &str) -> Result<Peek, AttestError> {
-    let parts = Compact::split(token)?;
-    let header = Header::decode(parts.header)?;
-    /// Only `iss`: the rest of the payload is checked for syntax, not kept.
-    #[derive(serde::Deserialize)]
-    struct Payload {
-        #[serde(default)]
-        iss: Option<Value>,
+impl<'a> UnverifiedJwt<'a> {
+    /// Splits and decodes `token`; refuses anything that is not a compact JWS whose header
+    /// and payload are JSON objects. Nothing is verified.
+    pub fn decode(token: &'a str) -> Result<UnverifiedJwt<'a>, AttestError> {
+        let parts = Compact::split(token)?;
+        let header = Header::decode(parts.header)?;
+        let claims = decode_object(parts.payload, "payload is not a JSON object")?;
+        let signature = decode_segment(parts.signature, "signature is not base64url")?;
+        Ok(UnverifiedJwt {
+            token,
+            header,
+            claims,
+            signature,
+            signing_input: parts.signing_input,
+        })
     }
-    let reason = "payload is not a JSON object";
-    let payload: Payload = serde_json::from_slice(&decode_segment(parts.payload, reason)?)
-        .map_err(|_| AttestError::Malformed { reason })?;
-    decode_segment(parts.signature, "signature is not base64url")?;
-    Ok(Peek {
-        alg: header.alg,
-        kid: header.kid,
-        typ: header.typ,
-        iss: match payload.iss {
-            Some(Value::String(iss)) => Some(iss),
-            _ => None,
-        },
-    })
+
+    /// The `iss` claim, if it is a string: which attestor the token is for.
+    pub fn iss(&self) -> Option<&str> {
+        self.claims.get("iss").and_then(Value::as_str)
+    }
+
+    /// The token as presented.
+    pub fn token(&self) -> &'a str {
+        self.token
+    }
+}
+
+impl std::fmt::Debug for UnverifiedJwt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token or its signature: only what routing looks at.
+        f.debug_struct("UnverifiedJwt")
+            .field("alg", &self.header.alg)
+            .field("kid", &self.header.kid)
+            .field("iss", &self.iss())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The three segments of a compact JWS, still encoded.
@@ -207,7 +219,6 @@ fn decode_object(segment: &str, reason: &'static str) -> Result<Map<String, Valu
 struct Header {
     alg: String,
     kid: Option<String>,
-    typ: Option<String>,
     has_crit: bool,
 }
 
@@ -218,7 +229,7 @@ impl Header {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(AttestError::Malformed {
-                reason: "a header parameter (alg, kid, typ) is not a string",
+                reason: "a header parameter (alg, kid) is not a string",
             }),
         };
         let alg = text("alg")?.ok_or(AttestError::Malformed {
@@ -227,7 +238,6 @@ impl Header {
         Ok(Header {
             alg,
             kid: text("kid")?,
-            typ: text("typ")?,
             has_crit: map.contains_key("crit"),
         })
     }
@@ -385,8 +395,17 @@ impl JwtAttestor {
 
     /// Verifies a platform token at `now` (Unix seconds) and returns what it attests.
     pub async fn attest(&self, token: &str, now: i64) -> Result<Attestation, AttestError> {
-        let parts = Compact::split(token)?;
-        let header = Header::decode(parts.header)?;
+        self.attest_decoded(UnverifiedJwt::decode(token)?, now)
+            .await
+    }
+
+    /// [`JwtAttestor::attest`] for a token the caller has already decoded (to route it).
+    pub async fn attest_decoded(
+        &self,
+        jwt: UnverifiedJwt<'_>,
+        now: i64,
+    ) -> Result<Attestation, AttestError> {
+        let header = &jwt.header;
         // Before any key is looked at: `none` and HS* can never pass, whatever the key set.
         if never_allowed(&header.alg) || !self.algorithms.contains(&header.alg.as_str()) {
             return Err(AttestError::AlgorithmNotAllowed {
@@ -398,21 +417,10 @@ impl JwtAttestor {
                 reason: "crit header parameters are not supported",
             });
         }
-        let signature = decode_segment(parts.signature, "signature is not base64url")?;
-        // Decoded only to refuse bad encoding up front; parsed after the signature checks.
-        let payload = decode_segment(parts.payload, "payload is not base64url")?;
-
-        self.verify_signature(&header, parts.signing_input.as_bytes(), &signature, now)
+        self.verify_signature(header, jwt.signing_input.as_bytes(), &jwt.signature, now)
             .await?;
 
-        let claims = match serde_json::from_slice(&payload) {
-            Ok(Value::Object(map)) => map,
-            _ => {
-                return Err(AttestError::Malformed {
-                    reason: "payload is not a JSON object",
-                });
-            }
-        };
+        let claims = jwt.claims;
         let exp = self.check_claims(&claims, now)?;
         let subject = self.subject(&claims)?;
         Ok(Attestation {
@@ -626,11 +634,12 @@ impl JwtAttestors {
 
     /// Routes by the token's `iss` and attests with that attestor.
     pub async fn attest(&self, token: &str, now: i64) -> Result<Attestation, AttestError> {
-        let iss = peek(token)?.iss.ok_or_else(|| missing("iss"))?;
+        let jwt = UnverifiedJwt::decode(token)?;
+        let iss = jwt.iss().ok_or_else(|| missing("iss"))?;
         let attestor = self
-            .find_by_issuer(&iss)
-            .ok_or_else(|| AttestError::UnknownIssuer { iss: echo(&iss) })?;
-        attestor.attest(token, now).await
+            .find_by_issuer(iss)
+            .ok_or_else(|| AttestError::UnknownIssuer { iss: echo(iss) })?;
+        attestor.attest_decoded(jwt, now).await
     }
 }
 
@@ -1192,7 +1201,10 @@ mod tests {
                 matches!(err, AttestError::Malformed { .. }),
                 "{token:.40}: {err}"
             );
-            assert!(peek(token).is_err(), "peek accepted {token:.40}");
+            assert!(
+                UnverifiedJwt::decode(token).is_err(),
+                "decode accepted {token:.40}"
+            );
         }
         // A payload that is signed but not a JSON object.
         let signer = josekit::jws::RS256
@@ -1327,20 +1339,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn peek_reads_routing_fields_only() {
-        let p = peek(&rs256(&claims())).unwrap();
-        assert_eq!(
-            p,
-            Peek {
-                alg: "RS256".into(),
-                kid: Some("rsa1".into()),
-                typ: Some("JWT".into()),
-                iss: Some(ISSUER.into()),
-            }
-        );
-        // peek does not verify: a forged token still peeks.
+    async fn decoding_reads_without_verifying() {
+        let token = rs256(&claims());
+        let jwt = UnverifiedJwt::decode(&token).unwrap();
+        assert_eq!(jwt.iss(), Some(ISSUER));
+        assert_eq!(jwt.header.alg, "RS256");
+        assert_eq!(jwt.header.kid.as_deref(), Some("rsa1"));
+        assert_eq!(jwt.token(), token);
+        // Debug shows what routing looks at, never the token or its signature.
+        let debug = format!("{jwt:?}");
+        assert!(debug.contains(ISSUER) && debug.contains("rsa1"), "{debug}");
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!debug.contains(signature) && !debug.contains(&token[..40]));
+        // Decoding does not verify: a forged token still decodes, and attesting it fails.
         let forged = rs256_with(Some("rsa1"), &keys().rsa2, &claims());
-        assert!(peek(&forged).is_ok());
+        let jwt = UnverifiedJwt::decode(&forged).unwrap();
+        let a = JwtAttestor::new(&inline_config(default_jwks())).unwrap();
+        assert!(matches!(
+            a.attest_decoded(jwt, NOW).await,
+            Err(AttestError::BadSignature)
+        ));
     }
 
     #[tokio::test]

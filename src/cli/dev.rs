@@ -201,7 +201,7 @@ fn demo_token(
         "iat": now,
         "nbf": now,
         "exp": now + DEMO_TOKEN_LIFETIME,
-        "jti": crate::issue::jwt::new_credential_id()?,
+        "jti": crate::issue::jwt::new_credential_id(),
     });
     let map: Map<String, Value> = match claims {
         Value::Object(m) => m,

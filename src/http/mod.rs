@@ -126,14 +126,11 @@ impl FromRequest<AppState> for LimitedBody {
 
 /// The one `token` parameter of an urlencoded body (RFC 7009 revocation, RFC 7662 introspection).
 pub fn token_param(body: &[u8]) -> Result<String, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-        .map_err(|_| ApiError::invalid_request("the body is not valid form-urlencoded data"))?;
-    let mut tokens = pairs
-        .into_iter()
+    let mut tokens = form_urlencoded::parse(body)
         .filter(|(k, _)| k == "token")
         .map(|(_, v)| v);
     match (tokens.next(), tokens.next()) {
-        (Some(token), None) => Ok(token),
+        (Some(token), None) => Ok(token.into_owned()),
         _ => Err(ApiError::invalid_request(
             "give the `token` parameter exactly once",
         )),

@@ -19,18 +19,6 @@ pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 
-/// Parameters that may appear at most once (RFC 6749 §3.2: "MUST NOT be included more than once").
-const SINGLE_VALUED: &[&str] = &[
-    "grant_type",
-    "subject_token",
-    "subject_token_type",
-    "actor_token",
-    "actor_token_type",
-    "requested_token_type",
-    "scope",
-    "ttl",
-];
-
 /// The parsed form of a token request.
 #[derive(Default)]
 pub struct TokenForm {
@@ -46,39 +34,39 @@ pub struct TokenForm {
 }
 
 impl TokenForm {
-    /// Parses an urlencoded body. Unknown parameters are ignored, as RFC 6749 §3.1 requires.
+    /// Parses an urlencoded body. Unknown parameters are ignored, as RFC 6749 §3.1 requires;
+    /// a parameter other than `audience`/`resource` given twice is refused (§3.2).
     pub fn parse(body: &[u8]) -> Result<TokenForm, ApiError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|_| ApiError::invalid_request("the body is not valid form-urlencoded data"))?;
         let mut form = TokenForm::default();
-        for (name, value) in pairs {
-            if SINGLE_VALUED.contains(&name.as_str()) {
-                let slot = match name.as_str() {
-                    "grant_type" => &mut form.grant_type,
-                    "subject_token" => &mut form.subject_token,
-                    "subject_token_type" => &mut form.subject_token_type,
-                    "actor_token" => &mut form.actor_token,
-                    "actor_token_type" => &mut form.actor_token_type,
-                    "requested_token_type" => &mut form.requested_token_type,
-                    "scope" => &mut form.scope,
-                    _ => &mut form.ttl,
-                };
-                if slot.is_some() {
-                    return Err(ApiError::invalid_request(format!(
-                        "parameter `{name}` is given more than once"
-                    )));
+        for (name, value) in form_urlencoded::parse(body) {
+            let slot = match name.as_ref() {
+                "grant_type" => &mut form.grant_type,
+                "subject_token" => &mut form.subject_token,
+                "subject_token_type" => &mut form.subject_token_type,
+                "actor_token" => &mut form.actor_token,
+                "actor_token_type" => &mut form.actor_token_type,
+                "requested_token_type" => &mut form.requested_token_type,
+                "scope" => &mut form.scope,
+                "ttl" => &mut form.ttl,
+                "audience" | "resource" => {
+                    if value.is_empty() {
+                        return Err(ApiError::invalid_request(format!(
+                            "parameter `{name}` is empty"
+                        )));
+                    }
+                    if !form.audiences.iter().any(|a| *a == value) {
+                        form.audiences.push(value.into_owned());
+                    }
+                    continue;
                 }
-                *slot = Some(value);
-            } else if name == "audience" || name == "resource" {
-                if value.is_empty() {
-                    return Err(ApiError::invalid_request(format!(
-                        "parameter `{name}` is empty"
-                    )));
-                }
-                if !form.audiences.contains(&value) {
-                    form.audiences.push(value);
-                }
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(ApiError::invalid_request(format!(
+                    "parameter `{name}` is given more than once"
+                )));
             }
+            *slot = Some(value.into_owned());
         }
         Ok(form)
     }

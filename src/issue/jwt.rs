@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -71,7 +70,7 @@ impl std::fmt::Debug for IssuedJwt {
 
 /// Builds the claims of `req` and signs them with the active key.
 pub fn mint(keys: &SigningKeys, req: &JwtRequest) -> Result<IssuedJwt, KeyError> {
-    let jti = new_credential_id()?;
+    let jti = new_credential_id();
     let (claims, expires_at) = claims(req, &jti)?;
     let token = keys.active().sign_jwt(&claims)?;
     Ok(IssuedJwt {
@@ -82,13 +81,13 @@ pub fn mint(keys: &SigningKeys, req: &JwtRequest) -> Result<IssuedJwt, KeyError>
     })
 }
 
-/// A new credential id: 128 random bits from the OS, base64url without padding.
-pub fn new_credential_id() -> Result<String, KeyError> {
-    let mut bytes = [0u8; CREDENTIAL_ID_BYTES];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| KeyError::Random)?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
+/// A new credential id: 128 random bits, base64url without padding.
+///
+/// From the thread's CSPRNG (ChaCha12, seeded and periodically reseeded from the OS), not a
+/// system call per id: ids must be unique and unguessable, and this is on every issuance.
+pub fn new_credential_id() -> String {
+    let bytes: [u8; CREDENTIAL_ID_BYTES] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The claims of SPEC §5.1, serialised straight from the request (in this order).

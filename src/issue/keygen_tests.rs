@@ -17,7 +17,7 @@ impl TempDir {
         let name = format!(
             "credbroker-keygen-{}-{}",
             std::process::id(),
-            new_credential_id().unwrap()
+            new_credential_id()
         );
         TempDir(std::env::temp_dir().join(name))
     }

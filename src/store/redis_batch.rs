@@ -11,9 +11,11 @@
 //! A request returns only once its record is written (or has failed), exactly as a direct
 //! write would: batching changes the syscalls, not the guarantee.
 
+use std::sync::Arc;
+
 use redis::Cmd;
 use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::StoreError;
 
@@ -21,6 +23,9 @@ use super::StoreError;
 const MAX_BATCH: usize = 256;
 /// Requests that may wait for the writer; more wait for room (back-pressure).
 const QUEUE: usize = 4096;
+/// Batches sent and not yet answered. One connection keeps them in order; more than one
+/// keeps Redis busy while an answer travels back, instead of idling the broker.
+const MAX_IN_FLIGHT: usize = 4;
 
 struct Pending {
     commands: Vec<Cmd>,
@@ -53,10 +58,17 @@ impl RecordWriter {
     }
 }
 
-async fn run(mut conn: ConnectionManager, mut rx: mpsc::Receiver<Pending>, op: &'static str) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
+async fn run(conn: ConnectionManager, mut rx: mpsc::Receiver<Pending>, op: &'static str) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        // With every slot busy, requests gather in the queue and go out as one larger batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
         // The requests being handled right now are about to add theirs: let them.
         tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
@@ -67,18 +79,22 @@ async fn run(mut conn: ConnectionManager, mut rx: mpsc::Receiver<Pending>, op: &
         }
         let mut pipe = redis::pipe();
         let mut waiting = Vec::with_capacity(batch.len());
-        for pending in batch.drain(..) {
+        for pending in batch {
             for command in pending.commands {
                 pipe.add_command(command).ignore();
             }
             waiting.push(pending.done);
         }
-        let result = pipe
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| super::redis_store::map_err(op, e));
-        for done in waiting {
-            let _ = done.send(result.clone());
-        }
+        let mut conn = conn.clone();
+        tokio::spawn(async move {
+            let result = pipe
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| super::redis_store::map_err(op, e));
+            drop(slot);
+            for done in waiting {
+                let _ = done.send(result.clone());
+            }
+        });
     }
 }

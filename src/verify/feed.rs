@@ -120,9 +120,9 @@ async fn stream_once(
     cursor: &str,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {
-    let query = serde_urlencoded::to_string([("since", cursor)]).unwrap_or_default();
     let request = http
-        .get(&format!("/v1/revocations/stream?{query}"), true)
+        .get("/v1/revocations/stream", true)
+        .query(&[("since", cursor)])
         .header("accept", "text/event-stream");
     let mut resp = tokio::select! {
         r = tokio::time::timeout(SILENCE_LIMIT, request.send()) => match r {
