@@ -8,7 +8,9 @@
 //! 2. The real endpoint: a broker in this process serving plain HTTP on loopback,
 //!    driven over keep-alive connections at concurrency 1, 16 and 64 by a minimal
 //!    HTTP/1.1 client (as wrk would), with the memory store and (if `redis-server` is
-//!    on PATH) a Redis store.
+//!    on PATH) a Redis store; then `GET /healthz`, the HTTP floor.
+//! 3. The ceiling again (the higher of the two counts), then the tables. Beside each rate:
+//!    the machine's CPU time per token, idle and stolen shares (see `CpuTicks`).
 
 #[path = "bench_support/mod.rs"]
 mod bench_support;
@@ -188,9 +190,7 @@ fn main() {
                 "steal%"
             );
         }
-        let per_token = cpu
-            .as_ref()
-            .map(|c| 1e6 * c.busy_seconds / result.ok.max(1) as f64);
+        let per_token = cpu.as_ref().map(|c| c.micros_per(result.ok as f64));
         println!(
             "   {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}   {:>11} {:>9} {:>6} {:>6}",
             conns,
@@ -215,7 +215,7 @@ fn main() {
             result.rate(),
             cpu.map_or("-".into(), |c| format!(
                 "{:.1}",
-                1e6 * c.busy_seconds / result.ok.max(1) as f64
+                c.micros_per(result.ok as f64)
             ))
         );
     }
@@ -243,10 +243,7 @@ impl Ceiling {
         let ops = measured.0 * duration.as_secs_f64();
         Ceiling {
             rate,
-            cpu_per_op_us: measured
-                .1
-                .as_ref()
-                .map(|c| 1e6 * c.busy_seconds / ops.max(1.0)),
+            cpu_per_op_us: measured.1.as_ref().map(|c| c.micros_per(ops)),
         }
     }
 

@@ -436,6 +436,13 @@ impl CpuTicks {
     }
 }
 
+impl CpuUse {
+    /// CPU microseconds per operation, `ops` operations having been done.
+    pub fn micros_per(&self, ops: f64) -> f64 {
+        1e6 * self.busy_seconds / ops.max(1.0)
+    }
+}
+
 /// Runs `work` and reports what it returned together with the machine's CPU use meanwhile.
 pub fn with_cpu<R>(work: impl FnOnce() -> R) -> (R, Option<CpuUse>) {
     let before = CpuTicks::now();

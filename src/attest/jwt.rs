@@ -1,10 +1,10 @@
 //! The `jwt` attestor: a platform token (Kubernetes service-account token, GitHub Actions or
 //! GitLab CI OIDC token, any OIDC issuer) verified against its issuer's JWKS (SPEC §3).
 //!
-//! Order of checks, each a distinct [`AttestError`]: compact form → `alg` (`none` and HS*
-//! refused before any key is looked at, which defeats "HS256 keyed with the RSA public key")
-//! → key by `kid` → signature → `iss` → `aud` → `exp` / `nbf` / `iat` (with leeway) →
-//! `max_token_age` → subject.
+//! Order of checks, each a distinct [`AttestError`]: compact form (three base64url segments,
+//! header and payload JSON objects) → `alg` (`none` and HS* refused before any key is looked
+//! at, which defeats "HS256 keyed with the RSA public key") → key by `kid` → signature →
+//! `iss` → `aud` → `exp` / `nbf` / `iat` (with leeway) → `max_token_age` → subject.
 //!
 //! One-time use (`replay = "reject"`) needs the shared store, which the attestor does not
 //! see: the broker asks [`JwtAttestor::rejects_replay`] and, after a successful
@@ -118,7 +118,6 @@ pub(crate) fn echo(value: &str) -> String {
 /// A compact JWS decoded once, before anything in it is trusted: the broker routes it to an
 /// attestor by `iss`, and that attestor verifies it without decoding it again.
 pub struct UnverifiedJwt<'a> {
-    token: &'a str,
     header: Header,
     claims: Map<String, Value>,
     signature: Vec<u8>,
@@ -135,7 +134,6 @@ impl<'a> UnverifiedJwt<'a> {
         let claims = decode_object(parts.payload, "payload is not a JSON object")?;
         let signature = decode_segment(parts.signature, "signature is not base64url")?;
         Ok(UnverifiedJwt {
-            token,
             header,
             claims,
             signature,
@@ -146,11 +144,6 @@ impl<'a> UnverifiedJwt<'a> {
     /// The `iss` claim, if it is a string: which attestor the token is for.
     pub fn iss(&self) -> Option<&str> {
         self.claims.get("iss").and_then(Value::as_str)
-    }
-
-    /// The token as presented.
-    pub fn token(&self) -> &'a str {
-        self.token
     }
 }
 
@@ -1345,7 +1338,6 @@ mod tests {
         assert_eq!(jwt.iss(), Some(ISSUER));
         assert_eq!(jwt.header.alg, "RS256");
         assert_eq!(jwt.header.kid.as_deref(), Some("rsa1"));
-        assert_eq!(jwt.token(), token);
         // Debug shows what routing looks at, never the token or its signature.
         let debug = format!("{jwt:?}");
         assert!(debug.contains(ISSUER) && debug.contains("rsa1"), "{debug}");
