@@ -43,6 +43,29 @@ struct Remembered {
     full_until: Option<i64>,
 }
 
+impl Remembered {
+    /// Remembers `note` unless `cap` live notes are remembered already; returns whether it
+    /// did. Expired notes are pruned only when that can make room.
+    fn remember(&mut self, serial: String, note: IssuedNote, now: i64, cap: usize) -> bool {
+        if self.notes.len() >= cap {
+            if self.full_until.is_some_and(|until| now < until) {
+                return false;
+            }
+            self.notes.retain(|_, n| n.expires_at > now);
+            if self.notes.len() >= cap {
+                self.full_until = self.notes.values().map(|n| n.expires_at).min();
+                tracing::warn!(
+                    "more than {cap} live X.509-SVIDs: the CRL lists only directly revoked serials for the newest ones"
+                );
+                return false;
+            }
+            self.full_until = None;
+        }
+        self.notes.insert(serial, note);
+        true
+    }
+}
+
 struct CaState {
     ca: X509Ca,
     anchors: Vec<TrustAnchor<'static>>,
@@ -307,31 +330,18 @@ impl Broker {
 
     fn remember_issued(&self, issued: &IssuedSvid, spiffe_id: &str, lineage: Lineage) {
         let now = self.now();
-        let mut remembered = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
-        if remembered.notes.len() >= MAX_REMEMBERED {
-            if remembered.full_until.is_some_and(|until| now < until) {
-                return;
-            }
-            remembered.notes.retain(|_, n| n.expires_at > now);
-            if remembered.notes.len() >= MAX_REMEMBERED {
-                remembered.full_until = remembered.notes.values().map(|n| n.expires_at).min();
-                tracing::warn!(
-                    "more than {MAX_REMEMBERED} live X.509-SVIDs: the CRL lists only directly revoked serials for the newest ones"
-                );
-                return;
-            }
-            remembered.full_until = None;
-        }
-        remembered.notes.insert(
-            issued.serial.clone(),
-            IssuedNote {
-                spiffe_id: spiffe_id.to_string(),
-                src: lineage.src,
-                issued_at: now,
-                expires_at: issued.not_after,
-                chain: lineage.chain,
-            },
-        );
+        let note = IssuedNote {
+            spiffe_id: spiffe_id.to_string(),
+            src: lineage.src,
+            issued_at: now,
+            expires_at: issued.not_after,
+            chain: lineage.chain,
+        };
+        self.x509
+            .issued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remember(issued.serial.clone(), note, now, MAX_REMEMBERED);
     }
 
     /// The PEM trust bundle (`GET /v1/bundle.pem`).
@@ -527,4 +537,38 @@ fn validity_window(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<(i6
                 until.min(validity.not_after.timestamp()),
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{IssuedNote, Remembered};
+
+    fn note(expires_at: i64) -> IssuedNote {
+        IssuedNote {
+            spiffe_id: "spiffe://example.org/w".into(),
+            src: "src".into(),
+            issued_at: 0,
+            expires_at,
+            chain: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_full_crl_memory_waits_for_its_first_expiry_and_then_makes_room() {
+        let mut r = Remembered::default();
+        for (serial, expires_at) in [("a", 100), ("b", 200), ("c", 300)] {
+            assert!(r.remember(serial.into(), note(expires_at), 0, 3));
+        }
+        // Full, and nothing has expired: refused, and it knows until when that holds.
+        assert!(!r.remember("d".into(), note(400), 50, 3));
+        assert_eq!(r.full_until, Some(100));
+        assert!(!r.remember("e".into(), note(400), 99, 3));
+        assert_eq!(r.notes.len(), 3);
+        // Once the earliest has expired, it is pruned and the new one kept.
+        assert!(r.remember("f".into(), note(400), 100, 3));
+        assert_eq!(r.full_until, None);
+        let mut serials: Vec<_> = r.notes.keys().cloned().collect();
+        serials.sort();
+        assert_eq!(serials, ["b", "c", "f"]);
+    }
 }
