@@ -304,3 +304,57 @@ pub fn presented_token(
 fn truncate(s: &str) -> String {
     s.chars().take(100).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TokenForm;
+    use crate::http::token_param;
+
+    fn refused(body: &str) -> String {
+        match TokenForm::parse(body.as_bytes()) {
+            Ok(_) => panic!("accepted {body:?}"),
+            Err(e) => {
+                assert_eq!((e.status.as_u16(), e.code), (400, "invalid_request"));
+                e.description
+            }
+        }
+    }
+
+    #[test]
+    fn the_form_is_decoded_and_collected() {
+        let form = TokenForm::parse(
+            b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
+              &scope=read+deploy%3Astaging&audience=a&resource=b&audience=a&color=blue&ttl=60",
+        )
+        .unwrap();
+        assert_eq!(
+            form.grant_type.as_deref(),
+            Some("urn:ietf:params:oauth:grant-type:token-exchange")
+        );
+        assert_eq!(form.scope.as_deref(), Some("read deploy:staging"));
+        // `audience` and `resource` together, in order, each once.
+        assert_eq!(form.audiences, ["a", "b"]);
+        assert_eq!(form.ttl.as_deref(), Some("60"));
+        assert!(form.subject_token.is_none());
+    }
+
+    #[test]
+    fn repeated_or_empty_parameters_are_refused() {
+        assert!(refused("scope=a&scope=b").contains("`scope` is given more than once"));
+        assert!(
+            refused("subject_token=x&subject_token=x").contains("`subject_token` is given more")
+        );
+        assert!(refused("audience=a&audience=").contains("`audience` is empty"));
+        assert!(refused("resource=").contains("`resource` is empty"));
+    }
+
+    #[test]
+    fn the_token_parameter_is_needed_exactly_once() {
+        assert_eq!(token_param(b"token=a%2Bb&x=1").unwrap(), "a+b");
+        for body in ["", "x=1", "token=a&token=b"] {
+            let e = token_param(body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, "invalid_request");
+            assert!(e.description.contains("exactly once"), "{body:?}");
+        }
+    }
+}
