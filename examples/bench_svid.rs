@@ -8,7 +8,8 @@
 //! 2. `POST /v1/svid` over HTTPS keep-alive connections on loopback (a minimal HTTP/1.1
 //!    client over rustls, as wrk would), attested by the example client certificate
 //!    (`mtls` attestor, path-validated once per connection), memory store, at
-//!    concurrency 1, 16 and 64.
+//!    concurrency 1, 16 and 64 with the client on the broker's workers, then at 16 and
+//!    64 with the client on a thread of its own (see `bench_support::Client`).
 //! 3. New mTLS connections per second (full handshake with a client certificate, then one
 //!    `GET /healthz`), at concurrency 16.
 
@@ -23,7 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bench_support::{BenchBroker, all_cores, drive, drive_raw, http_request, one_core};
+use bench_support::{BenchBroker, Client, all_cores, drive, drive_raw, http_request, one_core};
 use credbroker::issue::x509::{Lineage, SvidRequest, VerifiedCsr, X509Ca};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use rustls::pki_types::pem::PemObject;
@@ -97,8 +98,8 @@ fn main() {
         "\n== POST /v1/svid, P-256 CSR, mTLS attestation (mtls attestor), HTTPS keep-alive on loopback"
     );
     println!(
-        "   {:>5} {:>10} {:>9} {:>9} {:>9} {:>8}",
-        "conns", "SVIDs/s", "p50 ms", "p99 ms", "ceiling%", "errors"
+        "   {:>7} {:>5} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "client", "conns", "SVIDs/s", "p50 ms", "p99 ms", "ceiling%", "errors"
     );
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         csrs.iter()
@@ -109,9 +110,13 @@ fn main() {
             .collect(),
     );
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.clone()));
-    for conns in [1usize, 16, 64] {
+    let workers = Client::OnBrokerWorkers(broker.runtime.handle());
+    let levels = [(workers, 1usize), (workers, 16), (workers, 64)];
+    let wrk_like = [(Client::OwnThread, 16), (Client::OwnThread, 64)];
+    for (client, conns) in levels.into_iter().chain(wrk_like) {
         let connector = connector.clone();
         let result = drive_raw(
+            client,
             conns,
             level_time,
             2_000_000,
@@ -128,7 +133,8 @@ fn main() {
             requests.clone(),
         );
         println!(
-            "   {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}",
+            "   {:>7} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}",
+            client.label(),
             conns,
             result.rate(),
             result.percentile_ms(50.0),

@@ -6,9 +6,11 @@
 //!    with ring (what the broker signs and verifies with) and with josekit/OpenSSL, on
 //!    one core and on all cores.
 //! 2. The real endpoint: a broker in this process serving plain HTTP on loopback,
-//!    driven over keep-alive connections at concurrency 1, 16 and 64 by a minimal
-//!    HTTP/1.1 client (as wrk would), with the memory store and (if `redis-server` is
-//!    on PATH) a Redis store; then `GET /healthz`, the HTTP floor.
+//!    driven over keep-alive connections by a minimal HTTP/1.1 client (as wrk would):
+//!    at concurrency 1, 16 and 64 with the client's tasks on the broker's two workers,
+//!    then at 16 and 64 with the client on a thread of its own, as wrk on the same
+//!    machine (see `bench_support::Client`); with the memory store and (if
+//!    `redis-server` is on PATH) a Redis store; then `GET /healthz`, the HTTP floor.
 //! 3. The ceiling again (the higher of the two counts), then the tables. Beside each rate:
 //!    the machine's CPU time per token, idle and stolen shares (see `CpuTicks`).
 
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bench_support::{
-    BenchBroker, BenchRedis, CpuUse, all_cores, drive_raw, http_request, one_core, with_cpu,
+    BenchBroker, BenchRedis, Client, CpuUse, all_cores, drive_raw, http_request, one_core, with_cpu,
 };
 use josekit::jws::{ES256, JwsHeader, RS256};
 use josekit::jwt::{self, JwtPayload};
@@ -136,10 +138,14 @@ fn main() {
         let config_path = dir.path().join(format!("bench-{name}.toml"));
         std::fs::write(&config_path, config(&store)).unwrap();
         let broker = BenchBroker::start(&config_path);
-        for conns in [1usize, 16, 64] {
+        let workers = Client::OnBrokerWorkers(broker.runtime.handle());
+        let levels = [(workers, 1usize), (workers, 16), (workers, 64)];
+        let wrk_like = [(Client::OwnThread, 16), (Client::OwnThread, 64)];
+        for (client, conns) in levels.into_iter().chain(wrk_like) {
             let addr = broker.http;
             let level = with_cpu(|| {
                 drive_raw(
+                    client,
                     conns,
                     level_time,
                     2_000_000,
@@ -147,13 +153,20 @@ fn main() {
                     request.clone(),
                 )
             });
-            runs.push((name, conns, level));
+            runs.push((name, client.label(), conns, level));
         }
         if name == "memory" {
             let addr = broker.http;
             let healthz = Arc::new(vec![http_request("GET", "/healthz", "text/plain", b"")]);
             floor = Some(with_cpu(|| {
-                drive_raw(64, level_time, 2_000_000, move || connect(addr), healthz)
+                drive_raw(
+                    workers,
+                    64,
+                    level_time,
+                    2_000_000,
+                    move || connect(addr),
+                    healthz,
+                )
             }));
         }
         drop(broker);
@@ -170,14 +183,15 @@ fn main() {
     );
 
     let mut last = "";
-    for (name, conns, (result, cpu)) in &runs {
+    for (name, client, conns, (result, cpu)) in &runs {
         if last != *name {
             last = name;
             println!(
                 "\n== POST /v1/token, token exchange, {name} store, plain HTTP keep-alive on loopback"
             );
             println!(
-                "   {:>5} {:>10} {:>9} {:>9} {:>9} {:>8}   {:>11} {:>9} {:>6} {:>6}",
+                "   {:>7} {:>5} {:>10} {:>9} {:>9} {:>9} {:>8}   {:>11} {:>9} {:>6} {:>6}",
+                "client",
                 "conns",
                 "tokens/s",
                 "p50 ms",
@@ -192,7 +206,8 @@ fn main() {
         }
         let per_token = cpu.as_ref().map(|c| c.micros_per(result.ok as f64));
         println!(
-            "   {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}   {:>11} {:>9} {:>6} {:>6}",
+            "   {:>7} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}   {:>11} {:>9} {:>6} {:>6}",
+            client,
             conns,
             result.rate(),
             result.percentile_ms(50.0),

@@ -145,7 +145,7 @@ where
     Fut: std::future::Future<Output = bool> + Send,
 {
     let per_conn = max_requests.div_ceil(connections);
-    run_load(duration, |deadline| {
+    run_load(Client::OwnThread, duration, |deadline| {
         (0..connections)
             .map(|_| {
                 let make = make_request.clone();
@@ -172,6 +172,7 @@ where
 /// little CPU, as wrk does, so that on a 2-core machine the broker, not the load
 /// generator, is what gets measured.
 pub fn drive_raw<S, C, Fut>(
+    client: Client<'_>,
     connections: usize,
     duration: Duration,
     max_requests: usize,
@@ -184,7 +185,7 @@ where
     Fut: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
 {
     let per_conn = max_requests.div_ceil(connections);
-    run_load(duration, |deadline| {
+    run_load(client, duration, |deadline| {
         (0..connections)
             .map(|_| {
                 let requests = requests.clone();
@@ -307,19 +308,35 @@ impl Tally {
     }
 }
 
-/// Runs the connection tasks that `spawn` starts (given the deadline) on a 2-thread
-/// runtime of their own and sums their tallies.
-fn run_load<F>(duration: Duration, spawn: F) -> LoadResult
+/// Where the load generator's connection tasks run.
+#[derive(Clone, Copy)]
+pub enum Client<'a> {
+    /// On the broker's own worker threads. On two cores with two workers, nothing else
+    /// is runnable: as when the clients are on other machines, no thread of theirs
+    /// preempts a worker to read each response.
+    OnBrokerWorkers(&'a tokio::runtime::Handle),
+    /// On a thread of its own, as `wrk` on the same machine: a third runnable thread on
+    /// two cores, woken for nearly every response, preempting a broker worker to run.
+    OwnThread,
+}
+
+impl Client<'_> {
+    /// A short label for tables.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Client::OnBrokerWorkers(_) => "workers",
+            Client::OwnThread => "thread",
+        }
+    }
+}
+
+/// Runs the connection tasks that `spawn` starts (given the deadline) where `client`
+/// says and sums their tallies.
+fn run_load<F>(client: Client<'_>, duration: Duration, spawn: F) -> LoadResult
 where
     F: FnOnce(Instant) -> Vec<tokio::task::JoinHandle<Tally>>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("load")
-        .enable_all()
-        .build()
-        .expect("client runtime");
-    runtime.block_on(async move {
+    let load = async move {
         let start = Instant::now();
         let tasks = spawn(start + duration);
         let mut result = LoadResult {
@@ -337,7 +354,18 @@ where
         }
         result.elapsed = start.elapsed();
         result
-    })
+    };
+    match client {
+        // The calling thread only waits for the tasks; they run on the workers.
+        Client::OnBrokerWorkers(broker) => broker.block_on(load),
+        Client::OwnThread => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("load")
+            .enable_all()
+            .build()
+            .expect("client runtime")
+            .block_on(load),
+    }
 }
 
 /// Runs `work` on every core for `duration` and returns operations per second in total.

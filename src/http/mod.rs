@@ -16,6 +16,7 @@ pub mod svid;
 pub mod token;
 pub mod wellknown;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -104,7 +105,8 @@ impl FromRequest<AppState> for LimitedBody {
             return Err(too_large());
         }
         let mut stream = req.into_body().into_data_stream();
-        let mut body = Vec::new();
+        // Sized once from the declared length (bounded by the limit), not grown chunk by chunk.
+        let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
         let mut seen: u64 = 0;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk
@@ -124,9 +126,35 @@ impl FromRequest<AppState> for LimitedBody {
     }
 }
 
+/// The name/value pairs of an `application/x-www-form-urlencoded` body, exactly as
+/// `form_urlencoded::parse` yields them; but a pair with nothing to decode (no `%` or `+`)
+/// is borrowed as it is. Tokens are URL-safe, so the kilobyte-long token of a request is
+/// validated and searched with the standard library's word-at-a-time routines instead of
+/// being decoded byte by byte in three passes (that was a fifth of a token request's
+/// non-crypto instructions).
+pub fn form_pairs(body: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    // A body that is not UTF-8 goes to form_urlencoded whole: it replaces what is invalid.
+    let (text, not_utf8) = match std::str::from_utf8(body) {
+        Ok(text) => (text, &b""[..]),
+        Err(_) => ("", body),
+    };
+    let pairs = text
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let raw = pair.as_bytes();
+            if raw.contains(&b'%') || raw.contains(&b'+') {
+                return form_urlencoded::parse(raw).next();
+            }
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((Cow::Borrowed(name), Cow::Borrowed(value)))
+        });
+    pairs.chain(form_urlencoded::parse(not_utf8))
+}
+
 /// The one `token` parameter of an urlencoded body (RFC 7009 revocation, RFC 7662 introspection).
 pub fn token_param(body: &[u8]) -> Result<String, ApiError> {
-    let mut tokens = form_urlencoded::parse(body)
+    let mut tokens = form_pairs(body)
         .filter(|(k, _)| k == "token")
         .map(|(_, v)| v);
     match (tokens.next(), tokens.next()) {

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::error::{ApiError, Door};
-use super::{AppState, ConnInfo, LimitedBody, media_type};
+use super::{AppState, ConnInfo, LimitedBody, form_pairs, media_type};
 use crate::attest::join_token::JOIN_TOKEN_TYPE;
 use crate::broker::{ActorCredential, Ask, IssuedToken, PresentedToken};
 
@@ -38,7 +38,7 @@ impl TokenForm {
     /// a parameter other than `audience`/`resource` given twice is refused (§3.2).
     pub fn parse(body: &[u8]) -> Result<TokenForm, ApiError> {
         let mut form = TokenForm::default();
-        for (name, value) in form_urlencoded::parse(body) {
+        for (name, value) in form_pairs(body) {
             let slot = match name.as_ref() {
                 "grant_type" => &mut form.grant_type,
                 "subject_token" => &mut form.subject_token,
@@ -355,6 +355,29 @@ mod tests {
             let e = token_param(body.as_bytes()).unwrap_err();
             assert_eq!(e.code, "invalid_request");
             assert!(e.description.contains("exactly once"), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn form_pairs_match_form_urlencoded() {
+        let bodies: [&[u8]; 12] = [
+            b"",
+            b"&&",
+            b"a=b&c=d",
+            b"&a=b&&c=&=e&",
+            b"a&b=",
+            b"a==b=c",
+            b"subject_token=eyJh.eyJp.c2ln-_&grant_type=urn%3Aietf",
+            b"scope=read+write&x=%41%zz%",
+            b"x=\xff\xfe&y=ok",
+            b"x%3Dy=1",
+            b"caf\xc3\xa9=th\xc3\xa9",
+            b"+=%2B",
+        ];
+        for body in bodies {
+            let ours: Vec<_> = crate::http::form_pairs(body).collect();
+            let theirs: Vec<_> = form_urlencoded::parse(body).collect();
+            assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(body));
         }
     }
 }
