@@ -73,6 +73,9 @@ impl Server {
         )));
 
         let broker = Arc::new(Broker::new(config.clone(), clock, store, mirror)?);
+        tasks.push(tokio::spawn(
+            broker.clone().share_covered_svids(shutdown_rx.clone()),
+        ));
         let state = AppState {
             broker: broker.clone(),
             metrics: metrics_handle(),

@@ -684,3 +684,28 @@ async fn unreachable_redis_is_a_clear_error_without_the_password() {
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("127.0.0.1"), "{text}");
 }
+
+both!(crl_serials_are_shared_until_they_expire, 1000, 100);
+async fn crl_serials_are_shared_until_they_expire(p: Pair) {
+    let t = now();
+    assert!(p.other.crl_serials(t).await.unwrap().is_empty());
+    let add = |list: &[(&str, i64)]| -> Vec<(String, i64)> {
+        list.iter().map(|(s, e)| (s.to_string(), *e)).collect()
+    };
+    p.store
+        .add_crl_serials(&add(&[("0b", t + 100), ("0a", t + 100), ("0c", t + 5)]))
+        .await
+        .unwrap();
+    // Added again by another broker: the later expiry wins, either way round.
+    p.other
+        .add_crl_serials(&add(&[("0c", t + 200), ("0a", t + 1)]))
+        .await
+        .unwrap();
+    assert_eq!(p.other.crl_serials(t).await.unwrap(), ["0a", "0b", "0c"]);
+    assert_eq!(
+        p.store.crl_serials(t + 50).await.unwrap(),
+        ["0a", "0b", "0c"]
+    );
+    assert_eq!(p.store.crl_serials(t + 100).await.unwrap(), ["0c"]);
+    assert!(p.other.crl_serials(t + 200).await.unwrap().is_empty());
+}

@@ -15,6 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use serde_json::{Value, json};
 use support::broker::{BrokerProcess, KeyDir, base_config, client, decode_segment};
+use support::redis::RedisServer;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -1010,4 +1011,66 @@ async fn intermediate_ca_issues_and_the_chain_omits_the_root() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+}
+
+/// Serials (lowercase hex) listed by a broker's CRL.
+async fn crl_serials(http: &reqwest::Client, broker: &BrokerProcess) -> Vec<String> {
+    let resp = http.get(broker.url("/v1/crl")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let der = resp.bytes().await.unwrap();
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+    crl.iter_revoked_certificates()
+        .map(|r| format!("{:x}", r.user_certificate))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_broker_on_one_store_lists_what_another_issued_and_an_identity_revocation_covers() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::generate();
+    let config = base_config(
+        &keys,
+        &format!("store = \"redis\"\nredis_url = \"{}\"", redis.url),
+    ) + &rules();
+    let a = BrokerProcess::start(&keys, &config);
+    let b_config = keys.path("broker-b.toml");
+    std::fs::write(&b_config, &config).unwrap();
+    let b = BrokerProcess::start_with(&b_config);
+    let f = Fixture {
+        http: client(&keys, None),
+        keys,
+        broker: a,
+    };
+    let id = "spiffe://example.org/host/shared-crl";
+    let (svid, _) = f.bootstrap(id).await;
+    let serial = serial_of(&svid);
+    let (other, _) = f.bootstrap("spiffe://example.org/host/bystander").await;
+    let bystander = serial_of(&other);
+    assert!(!crl_serials(&f.http, &b).await.contains(&serial));
+
+    // Revoke the identity at B, which never saw the SVID: A shares what it covers.
+    let resp = f
+        .http
+        .post(b.url("/v1/revoke"))
+        .bearer_auth(f.keys.admin_token())
+        .json(&json!({"spiffe_id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = crl_serials(&f.http, &b).await;
+        if listed.contains(&serial) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(listed.contains(&serial), "B's CRL: {listed:?}");
+    assert!(!listed.contains(&bystander), "B's CRL: {listed:?}");
+    let at_a = crl_serials(&f.http, &f.broker).await;
+    assert!(
+        at_a.contains(&serial) && !at_a.contains(&bystander),
+        "A's CRL: {at_a:?}"
+    );
 }

@@ -4,11 +4,12 @@
 //! Same flow as the JWT half in the parent module: attest → grant → mint → record.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::TrustAnchor;
 use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
 
 use super::{Ask, Broker, BrokerError, Caller, IssuedToken, PresentedToken, StartError};
 use super::{cap_to_bearer_parent, lineage_source};
@@ -24,6 +25,10 @@ use crate::tls::{CertificateAttestation, PeerCertificates};
 /// Issued X.509-SVIDs remembered for the CRL (so lineage, identity and source revocations
 /// reach it); beyond this many live ones, new ones are not remembered (see README).
 const MAX_REMEMBERED: usize = 50_000;
+
+/// How long the CRL follower gathers mirror changes before it scans (see
+/// `Broker::share_covered_svids`).
+const SHARE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The X.509 state of a broker: the CA, the trust anchors of every certificate attestor,
 /// what the CRL needs to know.
@@ -78,12 +83,16 @@ struct IssuedNote {
     issued_at: i64,
     expires_at: i64,
     chain: Vec<String>,
+    /// Whether its serial is in the store's shared CRL set (a revocation covers it).
+    shared: bool,
 }
+
+/// What a cached CRL reflects: the mirror (cursor, entry count) and the shared serials.
+type CrlKey = (Option<String>, usize, Vec<String>);
 
 #[derive(Default)]
 struct CrlCache {
-    /// The mirror state (cursor, entry count) the cached CRL reflects.
-    key: Option<(Option<String>, usize)>,
+    key: Option<CrlKey>,
     built_at: i64,
     number: u64,
     der: Vec<u8>,
@@ -336,6 +345,7 @@ impl Broker {
             issued_at: now,
             expires_at: issued.not_after,
             chain: lineage.chain,
+            shared: false,
         };
         self.x509
             .issued
@@ -401,19 +411,27 @@ impl Broker {
         u64::from_be_bytes(b) >> 11
     }
 
-    /// The current CRL (DER), rebuilt when the revocation mirror changed or half of
-    /// `nextUpdate` has passed.
-    pub fn crl_der(&self) -> Result<Vec<u8>, BrokerError> {
+    /// The current CRL (DER), rebuilt when the revocation mirror or the shared serials
+    /// changed, or half of `nextUpdate` has passed.
+    pub async fn crl_der(&self) -> Result<Vec<u8>, BrokerError> {
         let ca = self.ca_state()?;
         let now = self.now();
+        let shared = match self.store.crl_serials(now).await {
+            Ok(serials) => serials,
+            Err(e) => {
+                self.tolerate_store_error(e)?;
+                Vec::new()
+            }
+        };
         let next_update = self.config.x509.crl_next_update.0;
-        let key = (self.mirror.cursor(), self.mirror.len());
+        let key = (self.mirror.cursor(), self.mirror.len(), shared);
         let mut cache = self.x509.crl.lock().unwrap_or_else(|e| e.into_inner());
         let fresh_enough = now < cache.built_at + (next_update.as_secs() as i64 / 2).max(1);
         if cache.key.as_ref() == Some(&key) && fresh_enough && !cache.der.is_empty() {
             return Ok(cache.der.clone());
         }
-        let revoked = self.revoked_serials(now);
+        let mut revoked = self.revoked_serials(now);
+        revoked.extend(key.2.iter().cloned());
         let mut listed = HashMap::with_capacity(revoked.len());
         for serial in revoked {
             let since = cache.listed_since.get(&serial).copied().unwrap_or(now);
@@ -437,11 +455,11 @@ impl Broker {
         Ok(der)
     }
 
-    /// Serials to list: revoked credential entries that are serials, and every remembered
-    /// live X.509-SVID that any entry covers (lineage, identity, source, cut-off).
+    /// Serials to list (possibly repeated): revoked credential entries that are serials, and
+    /// every remembered live X.509-SVID that any entry covers (lineage, identity, source,
+    /// cut-off).
     fn revoked_serials(&self, now: i64) -> Vec<String> {
         use crate::revoke::entry::EntryKind;
-        use crate::revoke::mirror::CredentialRef;
         let mut out: Vec<String> = self
             .mirror
             .live_entries(now)
@@ -449,22 +467,78 @@ impl Broker {
             .filter(|e| e.kind == EntryKind::Credential && is_serial(&e.value))
             .map(|e| e.value)
             .collect();
+        out.extend(self.covered_svids(now, false).into_iter().map(|(s, _)| s));
+        out
+    }
+
+    /// This broker's live X.509-SVIDs that a revocation covers, with their expiry; only
+    /// those not yet in the store's shared set when `unshared_only`.
+    fn covered_svids(&self, now: i64, unshared_only: bool) -> Vec<(String, i64)> {
+        use crate::revoke::mirror::CredentialRef;
         let mut remembered = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
         remembered.notes.retain(|_, n| n.expires_at > now);
-        for (serial, note) in remembered.notes.iter() {
-            let c = CredentialRef {
-                id: serial,
-                spiffe_id: &note.spiffe_id,
-                source: &note.src,
-                issued_at: note.issued_at,
-                chain: &note.chain,
-                actors: &[],
-            };
-            if self.mirror.check(&c, now).is_some() && !out.contains(serial) {
-                out.push(serial.clone());
+        remembered
+            .notes
+            .iter()
+            .filter(|(_, note)| !(unshared_only && note.shared))
+            .filter(|(serial, note)| {
+                let c = CredentialRef {
+                    id: serial,
+                    spiffe_id: &note.spiffe_id,
+                    source: &note.src,
+                    issued_at: note.issued_at,
+                    chain: &note.chain,
+                    actors: &[],
+                };
+                self.mirror.check(&c, now).is_some()
+            })
+            .map(|(serial, note)| (serial.clone(), note.expires_at))
+            .collect()
+    }
+
+    /// Follows the revocation mirror and adds the serials of this broker's SVIDs that a new
+    /// entry covers to the store's shared set, which every broker's CRL lists: a broker
+    /// knows only the SVIDs it issued itself. Ends when `shutdown` turns true.
+    pub async fn share_covered_svids(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if self.x509.ca.is_none() {
+            return;
+        }
+        let mut changes = self.mirror.subscribe();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                change = changes.recv() => {
+                    if matches!(change, Err(broadcast::error::RecvError::Closed)) {
+                        return;
+                    }
+                }
+            }
+            // Entries come in bursts, and a scan reads every remembered SVID: one scan per
+            // burst, at most four a second.
+            tokio::time::sleep(SHARE_DEBOUNCE).await;
+            while !matches!(
+                changes.try_recv(),
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+            ) {}
+            let covered = self.covered_svids(self.now(), true);
+            if covered.is_empty() {
+                continue;
+            }
+            match self.store.add_crl_serials(&covered).await {
+                Ok(()) => {
+                    let mut remembered = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
+                    for (serial, _) in &covered {
+                        if let Some(note) = remembered.notes.get_mut(serial) {
+                            note.shared = true;
+                        }
+                    }
+                }
+                // Left unshared: the next change of the mirror tries again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not share revoked SVID serials for the CRL")
+                }
             }
         }
-        out
     }
 }
 
@@ -550,6 +624,7 @@ mod tests {
             issued_at: 0,
             expires_at,
             chain: Vec::new(),
+            shared: false,
         }
     }
 

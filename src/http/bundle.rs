@@ -39,7 +39,7 @@ pub async fn bundle_pem(State(state): State<AppState>) -> Result<Response, ApiEr
 /// `GET /v1/crl`: the DER CRL, signed by the CA. Cached only briefly by clients, since it
 /// changes with every X.509 revocation.
 pub async fn crl(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let der = state.broker.crl_der().map_err(|e| map(&e))?;
+    let der = state.broker.crl_der().await.map_err(|e| map(&e))?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/pkix-crl"),

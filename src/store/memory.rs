@@ -47,6 +47,8 @@ struct State {
     rate: HashMap<String, (f64, i64, i64)>,
     inventory: BTreeMap<String, IdentityRecord>,
     audit: VecDeque<AuditEvent>,
+    /// serial → expiry
+    crl_serials: HashMap<String, i64>,
     writes: u64,
 }
 
@@ -244,6 +246,26 @@ impl MemoryStore {
             .insert(inv.spiffe_id.clone(), IdentityRecord::updated(current, inv));
         st.push_audit(inv.event.clone(), self.inner.audit_max_len);
         Ok(())
+    }
+
+    pub(super) async fn add_crl_serials(
+        &self,
+        serials: &[(String, i64)],
+    ) -> Result<(), StoreError> {
+        let mut st = self.state();
+        for (serial, expires_at) in serials {
+            let known = st.crl_serials.entry(serial.clone()).or_insert(*expires_at);
+            *known = (*known).max(*expires_at);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn crl_serials(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut st = self.state();
+        st.crl_serials.retain(|_, expires_at| *expires_at > now);
+        let mut serials: Vec<String> = st.crl_serials.keys().cloned().collect();
+        serials.sort();
+        Ok(serials)
     }
 
     pub(super) async fn append_audit(&self, ev: &AuditEvent) -> Result<(), StoreError> {

@@ -247,6 +247,20 @@ impl Store {
         dispatch!(self, s => s.recent_audit(count).await)
     }
 
+    /// Adds X.509-SVID serials (each with its expiry, Unix seconds) to the set every CRL
+    /// lists: a broker knows the SVIDs it issued, and shares those a revocation covers.
+    pub async fn add_crl_serials(&self, serials: &[(String, i64)]) -> Result<(), StoreError> {
+        if serials.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, s => s.add_crl_serials(serials).await)
+    }
+
+    /// The shared CRL serials that have not expired at `now`, sorted; expired ones are dropped.
+    pub async fn crl_serials(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.crl_serials(now).await)
+    }
+
     /// Checks that the store answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping().await)

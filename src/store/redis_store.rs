@@ -138,6 +138,7 @@ struct Keys {
     rev_match: String,
     inv_index: String,
     audit: String,
+    crl: String,
 }
 
 impl Keys {
@@ -149,6 +150,7 @@ impl Keys {
             rev_match: format!("{}{{rev}}:e:*", glob_escape(prefix)),
             inv_index: format!("{prefix}inv:index"),
             audit: format!("{prefix}audit"),
+            crl: format!("{prefix}crl:serials"),
         }
     }
 
@@ -555,6 +557,41 @@ impl RedisStore {
             .arg("event")
             .arg(json);
         Ok(cmd)
+    }
+
+    pub(super) async fn add_crl_serials(
+        &self,
+        serials: &[(String, i64)],
+    ) -> Result<(), StoreError> {
+        // GT keeps the later expiry of a serial added twice (and still adds new ones).
+        let mut add = redis::cmd("ZADD");
+        add.arg(&self.inner.keys.crl).arg("GT");
+        for (serial, expires_at) in serials {
+            add.arg(*expires_at).arg(serial);
+        }
+        add.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| map_err("add_crl_serials", e))
+    }
+
+    pub(super) async fn crl_serials(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        let key = &self.inner.keys.crl;
+        let (mut serials,): (Vec<String>,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(key)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(key)
+            .arg(format!("({now}"))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| map_err("crl_serials", e))?;
+        serials.sort();
+        Ok(serials)
     }
 
     pub(super) async fn append_audit(&self, ev: &AuditEvent) -> Result<(), StoreError> {
