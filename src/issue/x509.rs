@@ -319,7 +319,8 @@ pub struct X509Ca {
     /// The trust bundle (roots) as DER and PEM.
     roots: Vec<CertificateDer<'static>>,
     roots_pem: String,
-    /// The issuing CA's `notAfter`, Unix seconds.
+    /// The earliest `notAfter` of the configured chain (issuing CA and the certificates
+    /// above it), Unix seconds: no SVID outlives it.
     not_after: i64,
 }
 
@@ -391,11 +392,14 @@ impl X509Ca {
                 "this key does not belong to the CA certificate".into(),
             ));
         }
-        let not_after = ca.validity().not_after.timestamp();
+        // An SVID never outlives any certificate of the chain above it: a relying party
+        // (and our per-connection memo of a validated chain) may see only the leaf.
+        let mut not_after = ca.validity().not_after.timestamp();
         let mut intermediates = Vec::new();
         for der in &certs {
             let (_, c) = X509Certificate::from_der(der)
                 .map_err(|e| file_err(cert_name, format!("cannot parse: {e}")))?;
+            not_after = not_after.min(c.validity().not_after.timestamp());
             if c.subject() != c.issuer() {
                 intermediates.push(der.clone());
             }
@@ -427,7 +431,7 @@ impl X509Ca {
         &self.intermediates
     }
 
-    /// The issuing CA's `notAfter`.
+    /// The earliest `notAfter` of the issuing CA's chain: when it can issue no more.
     pub fn not_after(&self) -> i64 {
         self.not_after
     }

@@ -88,3 +88,59 @@ fn serials_are_hex_without_leading_zeros() {
     assert_eq!(serial_bytes("abc"), Some(vec![0x0a, 0xbc]));
     assert!(is_serial("40ab") && !is_serial("xyz") && !is_serial(""));
 }
+
+/// A CA certificate signed by `issuer` (self-signed without one), valid until `not_after`.
+fn ca_cert(
+    name: &str,
+    not_after: i64,
+    issuer: Option<&rcgen::Issuer<'_, KeyPair>>,
+) -> (CertificateDer<'static>, KeyPair) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+    let cert = match issuer {
+        Some(issuer) => params.signed_by(&key, issuer).unwrap(),
+        None => params.self_signed(&key).unwrap(),
+    };
+    (cert.der().clone(), key)
+}
+
+#[test]
+fn an_svid_never_outlives_any_certificate_above_it() {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let day = 86_400;
+    let (root, root_key) = ca_cert("root", now + 365 * day, None);
+    let root_issuer = rcgen::Issuer::from_ca_cert_der(&root, root_key).unwrap();
+    // The upper intermediate expires first; the issuing one below it lasts longer.
+    let (upper, upper_key) = ca_cert("upper", now + day, Some(&root_issuer));
+    let upper_issuer = rcgen::Issuer::from_ca_cert_der(&upper, upper_key).unwrap();
+    let (issuing, issuing_key) = ca_cert("issuing", now + 30 * day, Some(&upper_issuer));
+    let ca = X509Ca::from_parts(
+        vec![issuing, upper],
+        issuing_key,
+        vec![root],
+        "ca.pem",
+        "ca.key",
+    )
+    .unwrap();
+    let key = KeyPair::generate().unwrap();
+    let csr = VerifiedCsr::parse(csr_pem(&key).as_bytes()).unwrap();
+    let lineage = Lineage {
+        src: "s".into(),
+        rule: "r".into(),
+        chain: Vec::new(),
+    };
+    let request = |ttl_days: u64| SvidRequest {
+        spiffe_id: "spiffe://example.org/w",
+        ttl: Duration::from_secs(ttl_days * day as u64),
+        now,
+        lineage: &lineage,
+    };
+    assert_eq!(ca.mint(&csr, &request(10)).unwrap().not_after, now + day);
+    assert_eq!(ca.not_after(), now + day);
+}
