@@ -580,6 +580,17 @@ async fn redis_entry_keys_carry_ttls() {
         .unwrap()
         .unwrap();
     assert!(ttl("credbroker:rate:r").await > 0);
+    // The shared CRL set lives as long as its latest serial.
+    p.store
+        .add_crl_serials(&[("0a".into(), t + 100)])
+        .await
+        .unwrap();
+    p.store
+        .add_crl_serials(&[("0b".into(), t + 200), ("0c".into(), t + 10)])
+        .await
+        .unwrap();
+    let crl = ttl("credbroker:crl:serials").await;
+    assert!((101..=200).contains(&crl), "CRL set TTL {crl}");
     let len: i64 = redis::cmd("XLEN")
         .arg("credbroker:{rev}:stream")
         .query_async(&mut raw)

@@ -563,13 +563,20 @@ impl RedisStore {
         &self,
         serials: &[(String, i64)],
     ) -> Result<(), StoreError> {
+        let key = &self.inner.keys.crl;
         // GT keeps the later expiry of a serial added twice (and still adds new ones).
         let mut add = redis::cmd("ZADD");
-        add.arg(&self.inner.keys.crl).arg("GT");
+        add.arg(key).arg("GT");
         for (serial, expires_at) in serials {
             add.arg(*expires_at).arg(serial);
         }
-        add.query_async::<()>(&mut self.conn())
+        // The set goes when its last serial expires, even if no CRL is read to prune it.
+        let last = serials.iter().map(|(_, e)| *e).max().unwrap_or_default();
+        let mut pipe = redis::pipe();
+        pipe.add_command(add).ignore();
+        pipe.cmd("EXPIREAT").arg(key).arg(last).arg("NX").ignore();
+        pipe.cmd("EXPIREAT").arg(key).arg(last).arg("GT").ignore();
+        pipe.query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| map_err("add_crl_serials", e))
     }
