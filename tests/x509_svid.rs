@@ -1031,7 +1031,7 @@ async fn crl_serials(http: &reqwest::Client, broker: &BrokerProcess) -> Vec<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_broker_on_one_store_lists_what_another_issued_and_an_identity_revocation_covers() {
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let keys = KeyDir::generate();
     let config = base_config(
         &keys,
@@ -1070,4 +1070,11 @@ async fn every_broker_on_one_store_lists_what_another_issued_and_an_identity_rev
         at_a.contains(&serial) && !at_a.contains(&bystander),
         "A's CRL: {at_a:?}"
     );
+
+    // Without the store, no CRL rather than one that may miss the other brokers' serials.
+    redis.stop();
+    let resp = f.http.get(b.url("/v1/crl")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
 }

@@ -3,8 +3,9 @@
 //! Each request hands its commands to one writer task and waits for them to be written.
 //! The writer sends what has gathered as one pipeline and answers every request in it when
 //! Redis replies. Up to [`MAX_IN_FLIGHT`] pipelines may await their replies at once, on the
-//! one connection (so Redis runs them in order); when all are out, requests gather into the
-//! next. Redis then reads, parses and replies once per batch rather than once per
+//! one multiplexed connection; when all are out, requests gather into the next. Each
+//! pipeline is sent from a task of its own, so two batches may reach Redis in either order:
+//! they hold requests that were in flight together, whose order carries no meaning. Redis then reads, parses and replies once per batch rather than once per
 //! credential — its per-command work is a fraction of that — and a lone request pays one
 //! scheduler yield. (Measured: about +4 % tokens/s at 64 connections on one Redis for
 //! batching, and a smaller idle share with several batches in flight.)
@@ -24,8 +25,8 @@ use super::StoreError;
 const MAX_BATCH: usize = 256;
 /// Requests that may wait for the writer; more wait for room (back-pressure).
 const QUEUE: usize = 4096;
-/// Batches sent and not yet answered. One connection keeps them in order; more than one
-/// keeps Redis busy while an answer travels back, instead of idling the broker.
+/// Batches sent and not yet answered. More than one keeps Redis busy while an answer
+/// travels back, instead of idling the broker.
 const MAX_IN_FLIGHT: usize = 4;
 
 struct Pending {
