@@ -9,8 +9,9 @@
 //!    driven over keep-alive connections by a minimal HTTP/1.1 client (as wrk would):
 //!    at concurrency 1, 16 and 64 with the client's tasks on the broker's two workers,
 //!    then at 16 and 64 with the client on a thread of its own, as wrk on the same
-//!    machine (see `bench_support::Client`); with the memory store and (if
-//!    `redis-server` is on PATH) a Redis store; then `GET /healthz`, the HTTP floor.
+//!    machine (see `bench_support::Client`), and at 16 and 64 with `wrk` if it is on
+//!    PATH; with the memory store and (if `redis-server` is on PATH) a Redis store; then
+//!    `GET /healthz`, the HTTP floor.
 //! 3. The ceiling again (the higher of the two counts), then the tables. Beside each rate:
 //!    the machine's CPU time per token, idle and stolen shares (see `CpuTicks`).
 
@@ -25,13 +26,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bench_support::{
-    BenchBroker, BenchRedis, Client, CpuUse, all_cores, drive_raw, http_request, one_core, with_cpu,
+    BenchBroker, BenchRedis, Client, CpuUse, Summary, all_cores, drive_raw, drive_wrk,
+    http_request, one_core, with_cpu,
 };
 use josekit::jws::{ES256, JwsHeader, RS256};
 use josekit::jwt::{self, JwtPayload};
 use serde_json::{Map, Value, json};
 
 const ISSUER: &str = "https://ci.bench";
+const FORM: &str = "application/x-www-form-urlencoded";
 
 fn main() {
     let seconds: u64 = std::env::args()
@@ -127,13 +130,14 @@ fn main() {
     let request = Arc::new(vec![http_request(
         "POST",
         "/v1/token",
-        "application/x-www-form-urlencoded",
+        FORM,
         body.as_bytes(),
     )]);
     let only = std::env::args().nth(2);
     stores.retain(|(name, _)| only.as_deref().is_none_or(|o| o == *name));
     let mut runs = Vec::new();
     let mut floor = None;
+    let mut no_wrk = false;
     for (name, store) in stores {
         let config_path = dir.path().join(format!("bench-{name}.toml"));
         std::fs::write(&config_path, config(&store)).unwrap();
@@ -143,6 +147,10 @@ fn main() {
         let wrk_like = [(Client::OwnThread, 16), (Client::OwnThread, 64)];
         for (client, conns) in levels.into_iter().chain(wrk_like) {
             let addr = broker.http;
+            eprintln!(
+                "   running: {name} store, {} client, {conns} connections",
+                client.label()
+            );
             let level = with_cpu(|| {
                 drive_raw(
                     client,
@@ -153,11 +161,28 @@ fn main() {
                     request.clone(),
                 )
             });
-            runs.push((name, client.label(), conns, level));
+            runs.push((
+                name,
+                client.label(),
+                conns,
+                (Summary::from(&level.0), level.1),
+            ));
+        }
+        for conns in [16, 64] {
+            eprintln!("   running: {name} store, wrk, {conns} connections");
+            let form = ("POST", "/v1/token", FORM, body.as_bytes());
+            match with_cpu(|| drive_wrk(dir.path(), broker.http, conns, level_time, form)) {
+                (Some(summary), cpu) => runs.push((name, "wrk", conns, (summary, cpu))),
+                (None, _) => {
+                    no_wrk = true;
+                    break;
+                }
+            }
         }
         if name == "memory" {
             let addr = broker.http;
             let healthz = Arc::new(vec![http_request("GET", "/healthz", "text/plain", b"")]);
+            eprintln!("   running: GET /healthz, workers client, 64 connections");
             floor = Some(with_cpu(|| {
                 drive_raw(
                     workers,
@@ -183,6 +208,9 @@ fn main() {
     );
 
     let mut last = "";
+    if no_wrk {
+        println!("\n(wrk not on PATH, or its output unreadable: no wrk rows)");
+    }
     for (name, client, conns, (result, cpu)) in &runs {
         if last != *name {
             last = name;
@@ -209,10 +237,10 @@ fn main() {
             "   {:>7} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}   {:>11} {:>9} {:>6} {:>6}",
             client,
             conns,
-            result.rate(),
-            result.percentile_ms(50.0),
-            result.percentile_ms(99.0),
-            100.0 * result.rate() / ceiling.rate,
+            result.rate,
+            result.p50_ms,
+            result.p99_ms,
+            100.0 * result.rate / ceiling.rate,
             result.failed,
             per_token.map_or("-".into(), |t| format!("{t:.1}")),
             per_token

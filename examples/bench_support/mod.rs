@@ -118,6 +118,87 @@ impl LoadResult {
     }
 }
 
+/// A table row's figures for one load level, whichever load generator produced them.
+pub struct Summary {
+    pub ok: usize,
+    pub failed: usize,
+    pub rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl From<&LoadResult> for Summary {
+    fn from(result: &LoadResult) -> Summary {
+        Summary {
+            ok: result.ok,
+            failed: result.failed,
+            rate: result.rate(),
+            p50_ms: result.percentile_ms(50.0),
+            p99_ms: result.percentile_ms(99.0),
+        }
+    }
+}
+
+/// Drives `request` (method, path, content type, body) at `http://addr` with `wrk`, a
+/// process of its own with one thread: how SPEC §11's reference figures were measured.
+/// `None` when `wrk` is not on PATH or its output cannot be read; `dir` holds its script.
+pub fn drive_wrk(
+    dir: &Path,
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    (method, path, content_type, body): (&str, &str, &str, &[u8]),
+) -> Option<Summary> {
+    let body_file = dir.join("wrk-body");
+    std::fs::write(&body_file, body).ok()?;
+    // Long brackets quote the path whatever it holds; `done` prints one line to parse.
+    let script = format!(
+        r#"local f = assert(io.open([==[{}]==], "rb"))
+wrk.method = "{method}"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "{content_type}"
+done = function(s, latency)
+  local e = s.errors
+  io.write(string.format("credbroker-bench %d %d %d %d %d\n", s.requests, s.duration,
+    e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"#,
+        body_file.display()
+    );
+    let script_file = dir.join("wrk-script.lua");
+    std::fs::write(&script_file, script).ok()?;
+    let output = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}")])
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .arg("-s")
+        .arg(&script_file)
+        .arg(format!("http://{addr}{path}"))
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("credbroker-bench "))?;
+    let [requests, micros, failed, p50_us, p99_us] = line
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().ok())
+        .collect::<Option<Vec<_>>>()?[..]
+    else {
+        return None;
+    };
+    let ok = requests.saturating_sub(failed);
+    Some(Summary {
+        ok: ok as usize,
+        failed: failed as usize,
+        rate: ok as f64 / (micros.max(1) as f64 / 1e6),
+        p50_ms: p50_us as f64 / 1000.0,
+        p99_ms: p99_us as f64 / 1000.0,
+    })
+}
+
 /// The p-th percentile (0..=100) of a sample, in the sample's unit.
 pub fn percentile(sample: &[u32], p: f64) -> u32 {
     if sample.is_empty() {
