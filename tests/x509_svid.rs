@@ -1078,3 +1078,69 @@ async fn every_broker_on_one_store_lists_what_another_issued_and_an_identity_rev
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_that_fails_is_retried_without_another_revocation() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::generate();
+    let config = base_config(
+        &keys,
+        &format!("store = \"redis\"\nredis_url = \"{}\"", redis.url),
+    ) + &rules();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let a = BrokerProcess::start_logging(&keys, &config, "warn", log.clone());
+    let b_config = keys.path("broker-b.toml");
+    std::fs::write(&b_config, &config).unwrap();
+    let b = BrokerProcess::start_with(&b_config);
+    let f = Fixture {
+        http: client(&keys, None),
+        keys,
+        broker: a,
+    };
+    let id = "spiffe://example.org/host/retried";
+    let (svid, _) = f.bootstrap(id).await;
+    let serial = serial_of(&svid);
+
+    // The shared set's key holds a string: every write to it fails until it is removed.
+    let mut raw = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = "credbroker:crl:serials";
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg("not a set")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    f.revoke_at(&b, json!({"spiffe_id": id})).await;
+    let failed = "could not share revoked SVID serials";
+    for _ in 0..100 {
+        if log.lock().unwrap().contains(failed) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        log.lock().unwrap().contains(failed),
+        "A's log: {}",
+        log.lock().unwrap()
+    );
+
+    // The store mends; no revocation follows, yet A shares the serial on its own.
+    let _: () = redis::cmd("DEL")
+        .arg(key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = crl_serials(&f.http, &b).await;
+        if listed.contains(&serial) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(listed.contains(&serial), "B's CRL: {listed:?}");
+}

@@ -29,6 +29,10 @@ const MAX_REMEMBERED: usize = 50_000;
 /// How long the CRL follower gathers mirror changes before it scans (see
 /// `Broker::share_covered_svids`).
 const SHARE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(250);
+/// After a failed share, the first retry waits this long; each further one twice as long,
+/// up to [`SHARE_RETRY_MAX`].
+const SHARE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const SHARE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The X.509 state of a broker: the CA, the trust anchors of every certificate attestor,
 /// what the CRL needs to know.
@@ -498,20 +502,25 @@ impl Broker {
 
     /// Follows the revocation mirror and adds the serials of this broker's SVIDs that a new
     /// entry covers to the store's shared set, which every broker's CRL lists: a broker
-    /// knows only the SVIDs it issued itself. Ends when `shutdown` turns true.
+    /// knows only the SVIDs it issued itself. A share that fails is retried (with backoff)
+    /// until it succeeds, without waiting for another revocation. Ends when `shutdown`
+    /// turns true.
     pub async fn share_covered_svids(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         if self.x509.ca.is_none() {
             return;
         }
         let mut changes = self.mirror.subscribe();
+        // Set while covered serials wait to be shared: how long until the next try.
+        let mut retry: Option<std::time::Duration> = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                change = changes.recv() => {
+                change = changes.recv(), if retry.is_none() => {
                     if matches!(change, Err(broadcast::error::RecvError::Closed)) {
                         return;
                     }
                 }
+                _ = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {}
             }
             // Entries come in bursts, and a scan reads every remembered SVID: one scan per
             // burst, at most four a second.
@@ -522,10 +531,12 @@ impl Broker {
             ) {}
             let covered = self.covered_svids(self.now(), true);
             if covered.is_empty() {
+                retry = None;
                 continue;
             }
             match self.store.add_crl_serials(&covered).await {
                 Ok(()) => {
+                    retry = None;
                     let mut remembered = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
                     for (serial, _) in &covered {
                         if let Some(note) = remembered.notes.get_mut(serial) {
@@ -533,9 +544,14 @@ impl Broker {
                         }
                     }
                 }
-                // Left unshared: the next change of the mirror tries again.
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not share revoked SVID serials for the CRL")
+                    let wait = retry.map_or(SHARE_RETRY, |w| (w * 2).min(SHARE_RETRY_MAX));
+                    tracing::warn!(
+                        error = %e,
+                        retry_in_s = wait.as_secs(),
+                        "could not share revoked SVID serials for the CRL"
+                    );
+                    retry = Some(wait);
                 }
             }
         }
