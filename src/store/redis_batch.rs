@@ -5,9 +5,9 @@
 //! Redis replies. Up to [`MAX_IN_FLIGHT`] pipelines may await their replies at once, on the
 //! one multiplexed connection; when all are out, requests gather into the next. Each
 //! pipeline is sent from a task of its own, so two batches may reach Redis in either order:
-//! they hold requests that were in flight together, whose order carries no meaning. Redis then reads, parses and replies once per batch rather than once per
-//! credential — its per-command work is a fraction of that — and a lone request pays one
-//! scheduler yield. (Measured: about +4 % tokens/s at 64 connections on one Redis for
+//! they hold requests that were in flight together, whose order carries no meaning. Redis
+//! then reads, parses and replies once per batch rather than once per credential — its
+//! per-command work is a fraction of that — and a lone request pays one scheduler yield. (Measured: about +4 % tokens/s at 64 connections on one Redis for
 //! batching, and a smaller idle share with several batches in flight.)
 //!
 //! A request returns only once its record is written (or has failed), exactly as a direct
