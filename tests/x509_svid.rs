@@ -1018,6 +1018,49 @@ async fn intermediate_ca_issues_and_the_chain_omits_the_root() {
     assert_eq!(resp.status().as_u16(), 200);
 }
 
+/// A `redis-server` and two brokers on it: A in the fixture (its log collected into `log`
+/// when given), B beside it.
+fn two_brokers_on_one_redis(
+    log: Option<std::sync::Arc<std::sync::Mutex<String>>>,
+) -> (RedisServer, Fixture, BrokerProcess) {
+    let redis = RedisServer::start();
+    let keys = KeyDir::generate();
+    let config = base_config(
+        &keys,
+        &format!("store = \"redis\"\nredis_url = \"{}\"", redis.url),
+    ) + &rules();
+    let a = match log {
+        Some(log) => BrokerProcess::start_logging(&keys, &config, "warn", log),
+        None => BrokerProcess::start(&keys, &config),
+    };
+    let b_config = keys.path("broker-b.toml");
+    std::fs::write(&b_config, &config).unwrap();
+    let b = BrokerProcess::start_with(&b_config);
+    let f = Fixture {
+        http: client(&keys, None),
+        keys,
+        broker: a,
+    };
+    (redis, f, b)
+}
+
+/// The broker's CRL serials once they include `serial`, or after five seconds without.
+async fn crl_soon_listing(
+    http: &reqwest::Client,
+    broker: &BrokerProcess,
+    serial: &str,
+) -> Vec<String> {
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = crl_serials(http, broker).await;
+        if listed.iter().any(|s| s == serial) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    listed
+}
+
 /// Serials (lowercase hex) listed by a broker's CRL.
 async fn crl_serials(http: &reqwest::Client, broker: &BrokerProcess) -> Vec<String> {
     let resp = http.get(broker.url("/v1/crl")).send().await.unwrap();
@@ -1031,21 +1074,7 @@ async fn crl_serials(http: &reqwest::Client, broker: &BrokerProcess) -> Vec<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_broker_on_one_store_lists_what_another_issued_and_an_identity_revocation_covers() {
-    let mut redis = RedisServer::start();
-    let keys = KeyDir::generate();
-    let config = base_config(
-        &keys,
-        &format!("store = \"redis\"\nredis_url = \"{}\"", redis.url),
-    ) + &rules();
-    let a = BrokerProcess::start(&keys, &config);
-    let b_config = keys.path("broker-b.toml");
-    std::fs::write(&b_config, &config).unwrap();
-    let b = BrokerProcess::start_with(&b_config);
-    let f = Fixture {
-        http: client(&keys, None),
-        keys,
-        broker: a,
-    };
+    let (mut redis, f, b) = two_brokers_on_one_redis(None);
     let id = "spiffe://example.org/host/shared-crl";
     let (svid, _) = f.bootstrap(id).await;
     let serial = serial_of(&svid);
@@ -1055,14 +1084,7 @@ async fn every_broker_on_one_store_lists_what_another_issued_and_an_identity_rev
 
     // Revoke the identity at B, which never saw the SVID: A shares what it covers.
     f.revoke_at(&b, json!({"spiffe_id": id})).await;
-    let mut listed = Vec::new();
-    for _ in 0..100 {
-        listed = crl_serials(&f.http, &b).await;
-        if listed.contains(&serial) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let listed = crl_soon_listing(&f.http, &b, &serial).await;
     assert!(listed.contains(&serial), "B's CRL: {listed:?}");
     assert!(!listed.contains(&bystander), "B's CRL: {listed:?}");
     let at_a = crl_serials(&f.http, &f.broker).await;
@@ -1081,22 +1103,8 @@ async fn every_broker_on_one_store_lists_what_another_issued_and_an_identity_rev
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_share_that_fails_is_retried_without_another_revocation() {
-    let redis = RedisServer::start();
-    let keys = KeyDir::generate();
-    let config = base_config(
-        &keys,
-        &format!("store = \"redis\"\nredis_url = \"{}\"", redis.url),
-    ) + &rules();
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let a = BrokerProcess::start_logging(&keys, &config, "warn", log.clone());
-    let b_config = keys.path("broker-b.toml");
-    std::fs::write(&b_config, &config).unwrap();
-    let b = BrokerProcess::start_with(&b_config);
-    let f = Fixture {
-        http: client(&keys, None),
-        keys,
-        broker: a,
-    };
+    let (redis, f, b) = two_brokers_on_one_redis(Some(log.clone()));
     let id = "spiffe://example.org/host/retried";
     let (svid, _) = f.bootstrap(id).await;
     let serial = serial_of(&svid);
@@ -1134,13 +1142,6 @@ async fn a_share_that_fails_is_retried_without_another_revocation() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    let mut listed = Vec::new();
-    for _ in 0..100 {
-        listed = crl_serials(&f.http, &b).await;
-        if listed.contains(&serial) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let listed = crl_soon_listing(&f.http, &b, &serial).await;
     assert!(listed.contains(&serial), "B's CRL: {listed:?}");
 }
