@@ -159,7 +159,10 @@ async fn platform_token_is_exchanged_for_a_jwt_svid() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // RFC 6749 §5.1: a JSON body that no cache keeps.
+    assert_eq!(resp.headers()["content-type"], "application/json");
     assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(resp.headers()["pragma"], "no-cache");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
         body["issued_token_type"],

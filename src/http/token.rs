@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -135,11 +134,20 @@ impl TokenResponse {
 
 impl IntoResponse for TokenResponse {
     fn into_response(self) -> Response {
-        let mut response = (StatusCode::OK, Json(self)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-        response
+        // Sized for the token at once (axum's `Json` starts at 128 bytes and regrows).
+        let mut body = Vec::with_capacity(self.access_token.len() + 160);
+        if serde_json::to_writer(&mut body, &self).is_err() {
+            return ApiError::internal().into_response();
+        }
+        (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+                (header::PRAGMA, "no-cache"),
+            ],
+            body,
+        )
+            .into_response()
     }
 }
 

@@ -183,7 +183,9 @@ impl SigningKey {
 
     /// Signs `claims` as a compact JWS whose header is exactly `alg`, `kid`, `typ: "JWT"`.
     pub fn sign_jwt<C: serde::Serialize + ?Sized>(&self, claims: &C) -> Result<String, KeyError> {
-        let payload = serde_json::to_vec(claims).map_err(|e| KeyError::Sign {
+        // A credential's claims fit in this at once; `to_vec` would start small and regrow.
+        let mut payload = Vec::with_capacity(512);
+        serde_json::to_writer(&mut payload, claims).map_err(|e| KeyError::Sign {
             kid: self.kid.clone(),
             reason: e.to_string(),
         })?;
