@@ -517,6 +517,7 @@ impl RedisStore {
     pub(super) async fn record_issuance(&self, inv: &IssuanceRecord) -> Result<(), StoreError> {
         let keys = &self.inner.keys;
         let key = keys.with("inv", &inv.spiffe_id);
+        // Each size: the variable arguments, plus the field names and up to 20 digits a number.
         let mut first_seen = sized_cmd("HSETNX", 3, key.len() + 40);
         first_seen.arg(&key).arg("first_seen").arg(inv.issued_at);
         let fields = inv.owner.len() + inv.rule.len() + inv.attestor.len();
@@ -693,8 +694,8 @@ impl RedisStore {
 }
 
 /// `redis::cmd(name)` with room for `args` more arguments of about `bytes` in all. A command
-/// otherwise regrows its two buffers as arguments arrive: a token's record took some twenty
-/// allocations that way.
+/// otherwise regrows its two buffers as arguments arrive: a token's record took 17
+/// allocations more that way.
 fn sized_cmd(name: &str, args: usize, bytes: usize) -> redis::Cmd {
     let mut cmd = redis::Cmd::with_capacity(args + 1, name.len() + bytes);
     cmd.arg(name);
