@@ -1,7 +1,8 @@
 //! Drives the whole HTTP router in-process with arbitrary requests: the first three bytes pick
 //! the method and path, the content type and how the caller authenticates (none, the admin
-//! token, or the body's first line as a bearer); a GET's or DELETE's first body line is its
-//! query; the rest is the body. A panic or a 500 is a finding.
+//! token, the body's first line as a bearer, a `DPoP` header, or a client certificate ahead
+//! of the body); a GET's or DELETE's first body line is its query; the rest is the body. A
+//! panic or a 500 is a finding.
 //!
 //! The broker is `credbroker dev`'s shape on the memory store, with keys in `fuzz/keys/`. On
 //! its first run the target writes seeds — a valid request of every kind, with a demo platform
@@ -25,7 +26,10 @@ use credbroker::issue::keygen::{KeygenOptions, generate, generate_jwt_key_pem};
 use credbroker::issue::keys::SigningKeys;
 use credbroker::revoke::RevocationMirror;
 use credbroker::store::Store;
+use credbroker::tls::PeerCertificates;
 use libfuzzer_sys::fuzz_target;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use tower::ServiceExt;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/keys");
@@ -84,6 +88,14 @@ credentials = ["jwt", "x509"]
 audiences = ["demo-api", "inventory"]
 scopes = ["read", "deploy:staging"]
 max_ttl = "15m"
+[[rule]]
+name = "legacy-hosts"
+attestor = "legacy-pki"
+owner = "team-infra"
+match = {{ "/subject/o" = "acme-hosts" }}
+spiffe_id = "spiffe://example.org/host/{{/subject/cn}}"
+credentials = ["x509", "jwt"]
+audiences = ["inventory"]
 [[rule]]
 name = "join-token-hosts"
 attestor = "bootstrap"
@@ -189,7 +201,8 @@ fuzz_target!(
         .method(method)
         .uri(uri)
         .header("content-type", ctype);
-    match data[2] % 4 {
+    let mut peer_certs = None;
+    match data[2] % 5 {
         1 => req = req.header("authorization", format!("Bearer {ADMIN}")),
         2 => {
             // The first line of the body is the bearer.
@@ -202,6 +215,13 @@ fuzz_target!(
             body = &body[(end + 1).min(body.len())..];
         }
         3 => req = req.header("dpop", "x"),
+        4 if body.len() >= 2 => {
+            // A client certificate, its DER length in two bytes ahead of it.
+            let len = usize::from(u16::from_be_bytes([body[0], body[1]])).min(body.len() - 2);
+            let leaf = CertificateDer::from(body[2..2 + len].to_vec());
+            peer_certs = Some(PeerCertificates::new(vec![leaf]));
+            body = &body[2 + len..];
+        }
         _ => {}
     }
     let Ok(mut req) = req.body(Body::from(body.to_vec())) else {
@@ -209,7 +229,7 @@ fuzz_target!(
     };
     req.extensions_mut().insert(ConnInfo {
         remote: Some(SocketAddr::from(([127, 0, 0, 1], 40000))),
-        peer_certs: None,
+        peer_certs,
     });
     let resp = env.rt.block_on(env.app.clone().oneshot(req)).unwrap();
     let status = resp.status().as_u16();
@@ -249,7 +269,15 @@ fn write_seeds(demo: &SigningKeys) {
         .unwrap()
         .serialize_request(&key)
         .unwrap();
+    let client = std::fs::read_to_string(Path::new(DIR).join("client.pem")).unwrap();
+    let client = CertificateDer::from_pem_slice(client.as_bytes()).unwrap();
+    let with_cert = |route: u8, ctype: u8, body: &[u8]| {
+        let len = u16::try_from(client.len()).unwrap().to_be_bytes();
+        [&[route, ctype, 4][..], &len, client.as_ref(), body].concat()
+    };
     let seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("mtls-token", with_cert(0, 0, b"grant_type=client_credentials&audience=inventory")),
+        ("mtls-svid", with_cert(1, 2, csr.der().as_ref())),
         ("token", [&[0u8, 0, 0][..], format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&subject_token={tok}&audience=demo-api&scope=read").as_bytes()].concat()),
         ("token-actor", [&[0u8, 0, 0][..], format!("grant_type=urn:ietf:params:oauth:grant-type:token-exchange&subject_token_type=urn:ietf:params:oauth:token-type:jwt&subject_token={tok}&actor_token={tok}&actor_token_type=urn:ietf:params:oauth:token-type:jwt&requested_token_type=urn:ietf:params:oauth:token-type:jwt&audience=inventory&resource=spiffe://example.org/x").as_bytes()].concat()),
         ("token-cc", [&[0u8, 0, 2][..], format!("{tok}\ngrant_type=client_credentials&audience=inventory").as_bytes()].concat()),
