@@ -138,6 +138,7 @@ fn env() -> &'static Env {
                 mirror.clone(),
                 stopped,
             ));
+            // The sync loop stops when its sender goes: keep it for the whole process.
             std::mem::forget(stop);
             let broker = Broker::new(config, Arc::new(SystemClock), store, mirror).unwrap();
             router(AppState {
@@ -177,7 +178,10 @@ fuzz_target!(
     init: {
         env();
     },
-    |data: &[u8]| {
+    |data: &[u8]| one_request(data)
+);
+
+fn one_request(data: &[u8]) {
     if data.len() < 3 {
         return;
     }
@@ -244,7 +248,7 @@ fuzz_target!(
         );
     }
     assert!(status != 500, "500 for {method} {path}");
-});
+}
 
 /// Seeds for the corpus: valid requests of every kind, for the fuzzer to mutate.
 fn write_seeds(demo: &SigningKeys) {
