@@ -25,16 +25,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bench_support::exchange::{self, FORM};
 use bench_support::{
     BenchBroker, BenchRedis, Client, CpuUse, Summary, all_cores, drive_raw, drive_wrk,
     http_request, one_core, with_cpu,
 };
 use josekit::jws::{ES256, JwsHeader, RS256};
 use josekit::jwt::{self, JwtPayload};
-use serde_json::{Map, Value, json};
-
-const ISSUER: &str = "https://ci.bench";
-const FORM: &str = "application/x-www-form-urlencoded";
 
 fn main() {
     let seconds: u64 = std::env::args()
@@ -45,42 +42,11 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     // The platform issuer and a token it signed.
-    let rsa = RS256.generate_key_pair(2048).expect("rsa");
-    let mut rsa_private = rsa.to_jwk_private_key();
-    rsa_private.set_key_id("bench-1");
-    let mut rsa_public = rsa.to_jwk_public_key();
-    rsa_public.set_key_id("bench-1");
-    std::fs::write(
-        dir.path().join("bench-jwks.json"),
-        serde_json::to_vec(&json!({"keys": [serde_json::to_value(rsa_public.as_ref()).unwrap()]}))
-            .unwrap(),
-    )
-    .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims: Map<String, Value> = match json!({
-        "iss": ISSUER, "aud": "credbroker", "sub": "repo:acme/web:ref:refs/heads/main",
-        "repository": "acme/web", "ref": "refs/heads/main",
-        "iat": now, "nbf": now, "exp": now + 3600,
-    }) {
-        Value::Object(m) => m,
-        _ => unreachable!(),
-    };
-    let mut header = JwsHeader::new();
-    header.set_token_type("JWT");
-    header.set_key_id("bench-1");
-    let signer = RS256.signer_from_jwk(&rsa_private).unwrap();
-    let platform_token = jwt::encode_with_signer(
-        &JwtPayload::from_map(claims.clone()).unwrap(),
-        &header,
-        &signer,
-    )
-    .unwrap();
+    let platform = exchange::platform(dir.path());
+    let platform_token = platform.token.clone();
 
     // ---- 1. the crypto ceiling
-    let verifier = Arc::new(RS256.verifier_from_jwk(&rsa_public).unwrap());
+    let verifier = Arc::new(RS256.verifier_from_jwk(&platform.public_jwk).unwrap());
     let ec = ES256.generate_key_pair().unwrap();
     let ec_signer = Arc::new(ES256.signer_from_der(ec.to_der_private_key()).unwrap());
     let token_j = platform_token.clone();
@@ -90,7 +56,7 @@ fn main() {
         h.set_token_type("JWT");
         let _ = jwt::encode_with_signer(&JwtPayload::new(), &h, ec_signer.as_ref()).unwrap();
     };
-    let ring_op = ring_ceiling(&rsa.to_der_public_key(), &platform_token);
+    let ring_op = ring_ceiling(&platform.rsa.to_der_public_key(), &platform_token);
     let ceiling_time = Duration::from_secs(2);
     let josekit_one = one_core(ceiling_time, josekit_op.clone());
     let josekit_all = all_cores(ceiling_time, josekit_op);
@@ -117,16 +83,7 @@ fn main() {
         )),
         None => println!("(redis-server not on PATH: skipping the Redis store run)"),
     }
-    let body = serde_urlencoded::to_string([
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-        ("subject_token", platform_token.as_str()),
-        ("audience", "deploy-api"),
-    ])
-    .expect("form");
+    let body = exchange::form(&platform_token);
     let request = Arc::new(vec![http_request(
         "POST",
         "/v1/token",
@@ -140,7 +97,7 @@ fn main() {
     let mut no_wrk = false;
     for (name, store) in stores {
         let config_path = dir.path().join(format!("bench-{name}.toml"));
-        std::fs::write(&config_path, config(&store)).unwrap();
+        std::fs::write(&config_path, exchange::config(&store)).unwrap();
         let broker = BenchBroker::start(&config_path);
         let workers = Client::OnBrokerWorkers(broker.runtime.handle());
         let levels = [(workers, 1usize), (workers, 16), (workers, 64)];
@@ -305,33 +262,6 @@ impl Ceiling {
         self.cpu_per_op_us
             .map_or(String::new(), |c| format!(" ({c:.1} CPU µs per operation)"))
     }
-}
-
-fn config(store: &str) -> String {
-    format!(
-        r#"trust_domain = "example.org"
-issuer = "https://broker.bench"
-[server]
-listen_http = "127.0.0.1:0"
-[jwt]
-signing_keys = ["jwt-es256.key"]
-[revocation]
-{store}
-[[attestor]]
-name = "ci"
-kind = "jwt"
-issuer = "{ISSUER}"
-jwks_file = "bench-jwks.json"
-audiences = ["credbroker"]
-[[rule]]
-name = "deploy"
-attestor = "ci"
-owner = "team-bench"
-match = {{ "/repository" = "acme/*", "/ref" = "refs/heads/main" }}
-spiffe_id = "spiffe://example.org/ci/{{/repository}}"
-audiences = ["deploy-api"]
-"#
-    )
 }
 
 /// The same operation with ring: RS256 verify with the RSA public key, ES256 sign.

@@ -522,6 +522,63 @@ async fn mirror_sync_picks_up_other_writers(p: Pair) {
     tokio::time::timeout(ARRIVAL, task).await.unwrap().unwrap();
 }
 
+/// A record Redis refuses fails its write: the replies of a group-committed batch are checked
+/// even though none of them is read.
+#[tokio::test]
+async fn redis_refusing_a_record_fails_the_write() {
+    let p = redis(1000, 100).await;
+    let server = p._server.as_ref().unwrap();
+    let mut raw = redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let t = now();
+    let id = "spiffe://example.org/ns/prod/sa/refused";
+    // The identity's inventory key is made a string: HSETNX/HSET/HINCRBY on it are refused.
+    let key = format!("credbroker:inv:{id}");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("not a hash")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let err = p
+        .store
+        .record_issuance(&issuance(id, "team-a", t, t + 60, 1))
+        .await
+        .expect_err("a refused record must fail the issuance's write");
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    p.store
+        .record_issuance(&issuance(
+            "spiffe://example.org/fine",
+            "team-a",
+            t,
+            t + 60,
+            2,
+        ))
+        .await
+        .expect("another identity's record is written");
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    p.store
+        .record_issuance(&issuance(id, "team-a", t, t + 60, 3))
+        .await
+        .expect("written once the key is a hash again");
+    let ids: Vec<String> = p
+        .other
+        .list_identities(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.spiffe_id)
+        .collect();
+    assert_eq!(ids, ["spiffe://example.org/fine", id]);
+}
+
 #[tokio::test]
 async fn redis_entry_keys_carry_ttls() {
     let p = redis(1000, 100).await;

@@ -2,6 +2,8 @@
 //! spawned on a free port, a keep-alive load generator, and percentile maths.
 #![allow(dead_code)]
 
+pub mod exchange;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

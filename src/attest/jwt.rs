@@ -11,6 +11,8 @@
 //! [`JwtAttestor::attest`], remembers [`JwtAttestor::replay_key`] atomically (set-if-absent
 //! with expiry) and refuses with [`AttestError::Replayed`] when it was already there.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
@@ -201,10 +203,34 @@ fn decode_segment(segment: &str, reason: &'static str) -> Result<Vec<u8>, Attest
 }
 
 fn decode_object(segment: &str, reason: &'static str) -> Result<Map<String, Value>, AttestError> {
+    use serde::Deserializer as _;
     let bytes = decode_segment(segment, reason)?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(AttestError::Malformed { reason }),
+    let mut json = serde_json::Deserializer::from_slice(&bytes);
+    json.deserialize_map(ObjectVisitor)
+        .and_then(|map| json.end().map(|()| map))
+        .map_err(|_| AttestError::Malformed { reason })
+}
+
+/// A JSON object into a map made with room for a platform token's claims at once
+/// (serde_json's own visitor starts it empty and regrows its entries and its table).
+struct ObjectVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut entries: A,
+    ) -> Result<Self::Value, A::Error> {
+        let mut map = Map::with_capacity(16);
+        while let Some((name, value)) = entries.next_entry::<String, Value>()? {
+            map.insert(name, value);
+        }
+        Ok(map)
     }
 }
 
@@ -217,22 +243,51 @@ struct Header {
 
 impl Header {
     fn decode(segment: &str) -> Result<Header, AttestError> {
-        let map = decode_object(segment, "header is not base64url-encoded JSON object")?;
-        let text = |name: &str| match map.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(AttestError::Malformed {
-                reason: "a header parameter (alg, kid) is not a string",
-            }),
-        };
-        let alg = text("alg")?.ok_or(AttestError::Malformed {
+        /// The header read straight into the parameters acted on; the rest are skipped, not
+        /// built into a map. A repeated `alg`, `kid` or `crit` is refused (RFC 7515 §4 lets
+        /// a parser refuse duplicate names rather than take the last).
+        #[derive(serde::Deserialize)]
+        struct Raw<'a> {
+            #[serde(borrow)]
+            alg: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            kid: Option<Cow<'a, str>>,
+            #[serde(default)]
+            crit: Present,
+        }
+        const NOT_AN_OBJECT: &str = "header is not base64url-encoded JSON object";
+        let bytes = decode_segment(segment, NOT_AN_OBJECT)?;
+        // A derived struct would also take a JSON array; a header is an object.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(AttestError::Malformed {
+                reason: NOT_AN_OBJECT,
+            });
+        }
+        let raw: Raw = serde_json::from_slice(&bytes).map_err(|e| AttestError::Malformed {
+            reason: if e.is_data() {
+                "a header parameter (alg, kid) is not a string, or a parameter is repeated"
+            } else {
+                NOT_AN_OBJECT
+            },
+        })?;
+        let alg = raw.alg.ok_or(AttestError::Malformed {
             reason: "header has no alg",
         })?;
         Ok(Header {
-            alg,
-            kid: text("kid")?,
-            has_crit: map.contains_key("crit"),
+            alg: alg.into_owned(),
+            kid: raw.kid.map(Cow::into_owned),
+            has_crit: raw.crit.0,
         })
+    }
+}
+
+/// Whether a header parameter is there at all, whatever its value (`null` included).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> serde::Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Present, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Present(true))
     }
 }
 
@@ -1170,6 +1225,13 @@ mod tests {
             format!("{}.{payload}.{}", b64(b"not json"), parts[2]),
             format!("{}.{payload}.{}", b64(b"[1,2]"), parts[2]),
             format!("{}.{payload}.{}", b64(b"{}"), parts[2]),
+            format!("{}.{payload}.{}", b64(br#"["RS256"]"#), parts[2]),
+            format!("{}.{payload}.{}", b64(br#"{"alg":null}"#), parts[2]),
+            format!(
+                "{}.{payload}.{}",
+                b64(br#"{"alg":"RS256","alg":"none"}"#),
+                parts[2]
+            ),
             format!("{}.{payload}.{}", b64(br#"{"alg":7}"#), parts[2]),
             format!(
                 "{}.{payload}.{}",

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bundle;
 pub mod error;
 pub mod introspect;
+pub mod latency;
 pub mod listener;
 pub mod ops;
 pub mod revocations;
@@ -129,26 +130,33 @@ impl FromRequest<AppState> for LimitedBody {
 /// The name/value pairs of an `application/x-www-form-urlencoded` body, exactly as
 /// `form_urlencoded::parse` yields them; but a pair with nothing to decode (no `%` or `+`)
 /// is borrowed as it is. Tokens are URL-safe, so the kilobyte-long token of a request is
-/// validated and searched with the standard library's word-at-a-time routines instead of
-/// being decoded byte by byte in three passes (that was a fifth of a token request's
-/// non-crypto instructions).
+/// validated and searched with vectorised routines (`memchr`) instead of being decoded byte
+/// by byte in three passes (that was a fifth of a token request's non-crypto instructions).
 pub fn form_pairs(body: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
     // A body that is not UTF-8 goes to form_urlencoded whole: it replaces what is invalid.
     let (text, not_utf8) = match std::str::from_utf8(body) {
         Ok(text) => (text, &b""[..]),
         Err(_) => ("", body),
     };
-    let pairs = text
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .filter_map(|pair| {
-            let raw = pair.as_bytes();
-            if raw.contains(&b'%') || raw.contains(&b'+') {
-                return form_urlencoded::parse(raw).next();
-            }
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((Cow::Borrowed(name), Cow::Borrowed(value)))
-        });
+    let mut rest = Some(text);
+    let pairs = std::iter::from_fn(move || {
+        let text = rest?;
+        let (pair, tail) = match memchr::memchr(b'&', text.as_bytes()) {
+            // `&` is ASCII: both sides of it are on character boundaries.
+            Some(at) => (&text[..at], Some(&text[at + 1..])),
+            None => (text, None),
+        };
+        rest = tail;
+        Some(pair)
+    })
+    .filter(|pair| !pair.is_empty())
+    .filter_map(|pair| {
+        if memchr::memchr2(b'%', b'+', pair.as_bytes()).is_some() {
+            return form_urlencoded::parse(pair.as_bytes()).next();
+        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        Some((Cow::Borrowed(name), Cow::Borrowed(value)))
+    });
     pairs.chain(form_urlencoded::parse(not_utf8))
 }
 
@@ -200,27 +208,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::not_found() })
-        .layer(axum::middleware::from_fn(record_latency))
+        .layer(latency::RecordLatencyLayer::default())
         .with_state(state)
-}
-
-/// Records `credbroker_http_request_duration_seconds{path, status}` for every request.
-async fn record_latency(
-    request: Request<Body>,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let path = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    metrics::histogram!(
-        "credbroker_http_request_duration_seconds",
-        "path" => path,
-        "status" => response.status().as_u16().to_string()
-    )
-    .record(started.elapsed().as_secs_f64());
-    response
 }

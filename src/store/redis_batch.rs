@@ -80,11 +80,14 @@ async fn run(conn: ConnectionManager, mut rx: mpsc::Receiver<Pending>, op: &'sta
                 Err(_) => break,
             }
         }
-        let mut pipe = redis::pipe();
+        let commands = batch.iter().map(|p| p.commands.len()).sum();
+        let mut pipe = redis::Pipeline::with_capacity(commands);
         let mut waiting = Vec::with_capacity(batch.len());
         for pending in batch {
+            // Not `ignore()`d: that files each command in a hash set. The replies go to `()`,
+            // which takes any; an error reply still fails the whole batch.
             for command in pending.commands {
-                pipe.add_command(command).ignore();
+                pipe.add_command(command);
             }
             waiting.push(pending.done);
         }
