@@ -522,17 +522,22 @@ async fn mirror_sync_picks_up_other_writers(p: Pair) {
     tokio::time::timeout(ARRIVAL, task).await.unwrap().unwrap();
 }
 
+/// A connection of the test's own to the pair's `redis-server`, beside the store's.
+async fn raw_connection(p: &Pair) -> redis::aio::MultiplexedConnection {
+    let server = p._server.as_ref().expect("a Redis pair");
+    redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 /// A record Redis refuses fails its write: the replies of a group-committed batch are checked
 /// even though none of them is read.
 #[tokio::test]
 async fn redis_refusing_a_record_fails_the_write() {
     let p = redis(1000, 100).await;
-    let server = p._server.as_ref().unwrap();
-    let mut raw = redis::Client::open(server.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(&p).await;
     let t = now();
     let id = "spiffe://example.org/ns/prod/sa/refused";
     // The identity's inventory key is made a string: HSETNX/HSET/HINCRBY on it are refused.
@@ -582,12 +587,7 @@ async fn redis_refusing_a_record_fails_the_write() {
 #[tokio::test]
 async fn redis_entry_keys_carry_ttls() {
     let p = redis(1000, 100).await;
-    let server = p._server.as_ref().unwrap();
-    let mut raw = redis::Client::open(server.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(&p).await;
     let t = now();
     p.store
         .publish_revocation(&RevocationEntry::credential("abc", t + 100, None))

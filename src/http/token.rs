@@ -127,8 +127,8 @@ impl TokenResponse {
 
 impl IntoResponse for TokenResponse {
     fn into_response(self) -> Response {
-        // Written out here rather than by serde_json, which would scan the kilobyte-long
-        // token byte by byte for characters to escape: it is a compact JWS we signed,
+        // Written out here rather than by serde_json, which would scan the token's hundreds
+        // of bytes one by one for characters to escape: it is a compact JWS we signed,
         // base64url and dots, which a JSON string holds as they are.
         debug_assert!(
             self.access_token
