@@ -726,6 +726,38 @@ async fn discovery_health_and_metrics_endpoints() {
         text.contains("credbroker_mirror_staleness_seconds"),
         "{text}"
     );
+    // The latency histogram is labelled by route and status, and keeps counting: the
+    // recorder is process-wide (other tests add to it too), so the count only grows.
+    const REFUSED: &str =
+        r#"credbroker_http_request_duration_seconds_count{path="/v1/token",status="400"}"#;
+    assert!(
+        text.contains(r#"_count{path="/v1/token",status="200"}"#),
+        "{text}"
+    );
+    let count = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(REFUSED))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = count(&text);
+    assert!(before >= 1, "{text}");
+    assert_eq!(f.exchange("junk", &[]).await.0, 400);
+    assert_eq!(f.exchange("junk", &[]).await.0, 400);
+    let r = f
+        .http
+        .get(f.broker.url("/no/such/route"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let metrics = f.http.get(f.broker.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(count(&text) >= before + 2, "{text}");
+    assert!(
+        text.contains(r#"_count{path="unmatched",status="404"}"#),
+        "{text}"
+    );
 
     // Plain HTTP serves the same endpoints when configured.
     let r = support::broker::plain_client()
