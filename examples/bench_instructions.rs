@@ -11,7 +11,9 @@
 //! over one keep-alive connection, and the counters are dumped. It prints instructions per
 //! token for the whole process (broker and the minimal client), split into ring's — the
 //! crypto — and the rest. With Redis each token is its own pipeline here (nothing to batch
-//! with at concurrency 1), so the Redis client's share is larger than under load.
+//! with at concurrency 1), so the Redis client's share is larger than under load. With
+//! `CREDBROKER_BENCH_INSTRUCTIONS_KEEP=FILE` the dump is kept in FILE, where
+//! `callgrind_annotate FILE` tells which functions the instructions went to.
 
 #[path = "bench_support/mod.rs"]
 mod bench_support;
@@ -28,6 +30,8 @@ use bench_support::{BenchBroker, BenchRedis, http_request};
 
 /// Set in the child that valgrind runs.
 const CHILD: &str = "CREDBROKER_BENCH_INSTRUCTIONS_CHILD";
+/// A path to copy the measured part's dump to, for `callgrind_annotate`.
+const KEEP: &str = "CREDBROKER_BENCH_INSTRUCTIONS_KEEP";
 const WARM_UP: usize = 200;
 /// ring's functions, by symbol: its Rust modules and its C and assembly routines.
 const CRYPTO: &[&str] = &[
@@ -74,6 +78,13 @@ fn measure(tokens: usize, store: &str) {
     let dump = dir.path().join("callgrind.out.1");
     let total = total_instructions(&dump);
     let crypto = crypto_instructions(&dump);
+    if let Some(keep) = std::env::var_os(KEEP) {
+        std::fs::copy(&dump, &keep).expect("copy the dump");
+        println!(
+            "(the dump, for callgrind_annotate: {})",
+            Path::new(&keep).display()
+        );
+    }
     let per = |n: u64| n as f64 / tokens as f64;
     println!("== instructions per token exchange, {store} store, {tokens} tokens at concurrency 1");
     println!("   all:        {:>9.0}", per(total));

@@ -108,6 +108,7 @@ fn main() {
                 "   running: {name} store, {} client, {conns} connections",
                 client.label()
             );
+            let redis_before = redis_cpu(name, &redis);
             let level = with_cpu(|| {
                 drive_raw(
                     client,
@@ -118,18 +119,23 @@ fn main() {
                     request.clone(),
                 )
             });
+            let summary = Summary::from(&level.0);
+            let redis_per_token = redis_before
+                .zip(redis_cpu(name, &redis))
+                .map(|(b, e)| 1e6 * (e - b) / (summary.ok as f64).max(1.0));
             runs.push((
                 name,
                 client.label(),
                 conns,
-                (Summary::from(&level.0), level.1),
+                (summary, level.1),
+                redis_per_token,
             ));
         }
         for conns in [16, 64] {
             eprintln!("   running: {name} store, wrk, {conns} connections");
             let form = ("POST", "/v1/token", FORM, body.as_bytes());
             match with_cpu(|| drive_wrk(dir.path(), broker.http, conns, level_time, form)) {
-                (Some(summary), cpu) => runs.push((name, "wrk", conns, (summary, cpu))),
+                (Some(summary), cpu) => runs.push((name, "wrk", conns, (summary, cpu), None)),
                 (None, _) => {
                     no_wrk = true;
                     break;
@@ -168,14 +174,14 @@ fn main() {
     if no_wrk {
         println!("\n(wrk not on PATH, or its output unreadable: no wrk rows)");
     }
-    for (name, client, conns, (result, cpu)) in &runs {
+    for (name, client, conns, (result, cpu), redis_us) in &runs {
         if last != *name {
             last = name;
             println!(
                 "\n== POST /v1/token, token exchange, {name} store, plain HTTP keep-alive on loopback"
             );
             println!(
-                "   {:>7} {:>5} {:>10} {:>9} {:>9} {:>9} {:>8}   {:>11} {:>9} {:>6} {:>6}",
+                "   {:>7} {:>5} {:>10} {:>9} {:>9} {:>9} {:>8}   {:>11} {:>9} {:>6} {:>6} {:>9}",
                 "client",
                 "conns",
                 "tokens/s",
@@ -186,12 +192,13 @@ fn main() {
                 "CPU µs/tok",
                 "CPU eff%",
                 "idle%",
-                "steal%"
+                "steal%",
+                "Redis µs"
             );
         }
         let per_token = cpu.as_ref().map(|c| c.micros_per(result.ok as f64));
         println!(
-            "   {:>7} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}   {:>11} {:>9} {:>6} {:>6}",
+            "   {:>7} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8.0}% {:>8}   {:>11} {:>9} {:>6} {:>6} {:>9}",
             client,
             conns,
             result.rate,
@@ -207,6 +214,7 @@ fn main() {
                 .map_or("-".into(), |c| format!("{:.0}%", 100.0 * c.idle_share)),
             cpu.as_ref()
                 .map_or("-".into(), |c| format!("{:.0}%", 100.0 * c.steal_share)),
+            redis_us.map_or("-".into(), |r| format!("{r:.1}")),
         );
     }
     if let Some((result, cpu)) = floor {
@@ -220,8 +228,13 @@ fn main() {
         );
     }
     println!(
-        "\n   CPU µs/tok: CPU time of the whole machine (broker, load generator, Redis) per token;\n   CPU eff%: the ceiling's CPU per operation over that — the ratio when nothing is stolen."
+        "\n   CPU µs/tok: CPU time of the whole machine (broker, load generator, Redis) per token;\n   CPU eff%: the ceiling's CPU per operation over that — the ratio when nothing is stolen;\n   Redis µs: the part of CPU µs/tok that `redis-server` spent."
     );
+}
+
+/// `redis-server`'s CPU seconds so far, when `store` is the Redis one.
+fn redis_cpu(store: &str, redis: &Option<BenchRedis>) -> Option<f64> {
+    redis.as_ref().filter(|_| store == "redis")?.cpu_seconds()
 }
 
 /// Connects the load generator to `addr` the way wrk does (TCP_NODELAY).

@@ -532,15 +532,15 @@ async fn raw_connection(p: &Pair) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// A record Redis refuses fails its write: the replies of a group-committed batch are checked
-/// even though none of them is read.
+/// A record Redis refuses fails its own write, and only its own: the replies of a
+/// group-committed batch are checked and charged to the request they belong to.
 #[tokio::test]
 async fn redis_refusing_a_record_fails_the_write() {
     let p = redis(1000, 100).await;
     let mut raw = raw_connection(&p).await;
     let t = now();
     let id = "spiffe://example.org/ns/prod/sa/refused";
-    // The identity's inventory key is made a string: HSETNX/HSET/HINCRBY on it are refused.
+    // The identity's inventory key is made a string: HSET/HINCRBY on it are refused.
     let key = format!("credbroker:inv:{id}");
     let _: () = redis::cmd("SET")
         .arg(&key)
@@ -548,40 +548,46 @@ async fn redis_refusing_a_record_fails_the_write() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    let err = p
-        .store
-        .record_issuance(&issuance(id, "team-a", t, t + 60, 1))
-        .await
-        .expect_err("a refused record must fail the issuance's write");
+    // Issued together, so that both records go out in one pipeline.
+    let refused = issuance(id, "team-a", t, t + 60, 1);
+    let fine = issuance("spiffe://example.org/fine", "team-a", t, t + 60, 2);
+    let (refused, fine) = tokio::join!(
+        p.store.record_issuance(&refused),
+        p.store.record_issuance(&fine)
+    );
+    let err = refused.expect_err("a refused record must fail the issuance's write");
     assert!(err.to_string().contains("WRONGTYPE"), "{err}");
-    p.store
-        .record_issuance(&issuance(
-            "spiffe://example.org/fine",
-            "team-a",
-            t,
-            t + 60,
-            2,
-        ))
-        .await
-        .expect("another identity's record is written");
+    fine.expect("another identity's record is written");
     let _: () = redis::cmd("DEL")
         .arg(&key)
         .query_async(&mut raw)
         .await
         .unwrap();
     p.store
-        .record_issuance(&issuance(id, "team-a", t, t + 60, 3))
+        .record_issuance(&issuance(id, "team-a", t + 5, t + 60, 3))
         .await
         .expect("written once the key is a hash again");
-    let ids: Vec<String> = p
-        .other
-        .list_identities(None)
+    let all = p.other.list_identities(None).await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|r| r.spiffe_id.as_str()).collect();
+    assert_eq!(ids, ["spiffe://example.org/fine", id]);
+    // The record begins again: first seen at its first issuance.
+    assert_eq!((all[1].credentials_issued, all[1].first_seen), (1, t + 5));
+    let audited: Vec<String> = p
+        .store
+        .recent_audit(10)
         .await
         .unwrap()
         .into_iter()
-        .map(|r| r.spiffe_id)
+        .filter_map(|e| e.credential_id)
         .collect();
-    assert_eq!(ids, ["spiffe://example.org/fine", id]);
+    // (A pipeline is not a transaction: the refused record's own audit event, cred1, went
+    // in before its request failed, as any write may land before its reply is lost.)
+    assert!(
+        ["cred2", "cred3"]
+            .iter()
+            .all(|c| audited.contains(&c.to_string())),
+        "the refused record's batch mate and the later record are audited: {audited:?}"
+    );
 }
 
 #[tokio::test]

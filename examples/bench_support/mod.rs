@@ -61,6 +61,17 @@ pub struct BenchRedis {
 }
 
 impl BenchRedis {
+    /// The server's CPU time so far (user and system), from `/proc/PID/stat`.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields 14 and 15 (utime, stime), counted after the parenthesised command name.
+        let mut after_name = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+        let utime: f64 = after_name.next()?.parse().ok()?;
+        let stime: f64 = after_name.next()?.parse().ok()?;
+        // In USER_HZ ticks, which Linux's ABI fixes at 100 a second.
+        Some((utime + stime) / 100.0)
+    }
+
     pub fn start() -> Option<BenchRedis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?

@@ -12,12 +12,13 @@
 //! smaller idle share with several batches in flight.)
 //!
 //! A request returns only once its record is written (or has failed), exactly as a direct
-//! write would: batching changes the syscalls, not the guarantee.
+//! write would: batching changes the syscalls, not the guarantee. Replies are handed back
+//! per request: a command Redis refuses fails its own request, not the batch's others.
 
 use std::sync::Arc;
 
-use redis::Cmd;
 use redis::aio::ConnectionManager;
+use redis::{Cmd, RedisError, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::StoreError;
@@ -32,7 +33,9 @@ const MAX_IN_FLIGHT: usize = 4;
 
 struct Pending {
     commands: Vec<Cmd>,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    /// The command whose reply the request wants back.
+    reply: usize,
+    done: oneshot::Sender<Result<Value, StoreError>>,
 }
 
 /// The handle requests write through; clones share the writer.
@@ -49,12 +52,21 @@ impl RecordWriter {
         RecordWriter { tx }
     }
 
-    /// Writes `commands` (replies ignored) in the next batch; returns when it is written.
-    pub(super) async fn write(&self, commands: Vec<Cmd>) -> Result<(), StoreError> {
+    /// Writes `commands` in the next batch; returns, once they are written, the reply to
+    /// `commands[reply]`, or the first error Redis answered any of them with.
+    pub(super) async fn write(
+        &self,
+        commands: Vec<Cmd>,
+        reply: usize,
+    ) -> Result<Value, StoreError> {
         let gone = || StoreError::Unavailable("the Redis writer has stopped".into());
         let (done, answer) = oneshot::channel();
         self.tx
-            .send(Pending { commands, done })
+            .send(Pending {
+                commands,
+                reply,
+                done,
+            })
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
@@ -82,25 +94,54 @@ async fn run(conn: ConnectionManager, mut rx: mpsc::Receiver<Pending>, op: &'sta
         }
         let commands = batch.iter().map(|p| p.commands.len()).sum();
         let mut pipe = redis::Pipeline::with_capacity(commands);
+        // Error replies come back in place, to be charged to their own request.
+        pipe.ignore_errors();
         let mut waiting = Vec::with_capacity(batch.len());
         for pending in batch {
-            // Not `ignore()`d: that files each command in a hash set. The replies go to `()`,
-            // which takes any; an error reply still fails the whole batch.
+            waiting.push((pending.commands.len(), pending.reply, pending.done));
             for command in pending.commands {
                 pipe.add_command(command);
             }
-            waiting.push(pending.done);
         }
         let mut conn = conn.clone();
         tokio::spawn(async move {
-            let result = pipe
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| super::redis_store::map_err(op, e));
+            let result = pipe.query_async::<Vec<Value>>(&mut conn).await;
             drop(slot);
-            for done in waiting {
-                let _ = done.send(result.clone());
+            let mut replies = match result {
+                Ok(replies) => replies.into_iter(),
+                Err(e) => {
+                    let e = super::redis_store::map_err(op, e);
+                    for (_, _, done) in waiting {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                    return;
+                }
+            };
+            for (count, reply, done) in waiting {
+                let answer = answer(replies.by_ref().take(count), reply)
+                    .map_err(|e| super::redis_store::map_err(op, e));
+                let _ = done.send(answer);
             }
         });
+    }
+}
+
+/// One request's reply from its share of the pipeline's replies, all of which it takes.
+fn answer(replies: impl Iterator<Item = Value>, wanted: usize) -> Result<Value, RedisError> {
+    let mut kept = None;
+    let mut refused = None;
+    for (i, value) in replies.enumerate() {
+        match value {
+            Value::ServerError(e) => {
+                refused.get_or_insert(e);
+            }
+            value if i == wanted => kept = Some(value),
+            _ => {}
+        }
+    }
+    match (refused, kept) {
+        (Some(e), _) => Err(e.into()),
+        (None, Some(value)) => Ok(value),
+        (None, None) => Err((redis::ErrorKind::UnexpectedReturnType, "a reply is missing").into()),
     }
 }

@@ -9,7 +9,7 @@
 //! | `P jt:<sha256 hex>` | string | a join token's record (JSON), `EX ttl`, consumed with `GETDEL` |
 //! | `P once:<key>` | string | a one-time-use key, `SET NX EXAT` |
 //! | `P rate:<key>` | hash | a token bucket (`t` tokens, `ts` ms), `PEXPIRE period` |
-//! | `P inv:<spiffe id>` | hash | inventory record: `owner`, `rule`, `attestor`, `first_seen` (HSETNX), `last_issued`, `count` (HINCRBY) |
+//! | `P inv:<spiffe id>` | hash | inventory record: `owner`, `rule`, `attestor`, `last_issued`, `count` (HINCRBY), `first_seen` (HSETNX when `count` becomes 1) |
 //! | `P inv:index` | sorted set | every identity, scored by its latest credential expiry (`ZADD GT`) |
 //! | `P audit` | stream | audit events (`event` = JSON), `MAXLEN ~ audit_max_len` |
 //!
@@ -518,8 +518,6 @@ impl RedisStore {
         let keys = &self.inner.keys;
         let key = keys.with("inv", &inv.spiffe_id);
         // Each size: the variable arguments, plus the field names and up to 20 digits a number.
-        let mut first_seen = sized_cmd("HSETNX", 3, key.len() + 40);
-        first_seen.arg(&key).arg("first_seen").arg(inv.issued_at);
         let fields = inv.owner.len() + inv.rule.len() + inv.attestor.len();
         let mut record = sized_cmd("HSET", 9, key.len() + fields + 60);
         record
@@ -541,10 +539,29 @@ impl RedisStore {
             .arg(inv.expires_at)
             .arg(&inv.spiffe_id);
         let audit = self.audit_cmd(&inv.event)?;
-        self.inner
+        let count = self
+            .inner
             .records
-            .write(vec![first_seen, record, count, index, audit])
-            .await
+            .write(vec![record, count, index, audit], 1)
+            .await?;
+        // The count is 1 once in a record's life: then, and only then, it needs its
+        // `first_seen` (a fifth command on every issuance otherwise). HSETNX, because a
+        // concurrent second issuance may already be past this point. Until it lands, a
+        // reader takes `last_issued` for it (`identity_from_fields`). The credential is on
+        // record by now, so a failure here costs the field, not the issuance.
+        if count == redis::Value::Int(1) {
+            let written: Result<(), _> = redis::cmd("HSETNX")
+                .arg(&key)
+                .arg("first_seen")
+                .arg(inv.issued_at)
+                .query_async(&mut self.conn())
+                .await;
+            if let Err(e) = written {
+                let e = map_err("record_first_seen", e);
+                tracing::warn!(spiffe_id = %inv.spiffe_id, error = %e, "first_seen not recorded");
+            }
+        }
+        Ok(())
     }
 
     /// `XADD` of one audit event to the bounded audit stream.
@@ -793,13 +810,18 @@ fn identity_from_fields(
 ) -> Result<IdentityRecord, String> {
     let get = |f: &str| map.get(f).cloned();
     let text = |f: &str| get(f).unwrap_or_default();
+    let last_issued = int_field(&get, "last_issued")?.unwrap_or(0);
     Ok(IdentityRecord {
         spiffe_id: spiffe_id.to_string(),
         owner: text("owner"),
         rule: text("rule"),
         attestor: text("attestor"),
-        first_seen: int_field(&get, "first_seen")?.unwrap_or(0),
-        last_issued: int_field(&get, "last_issued")?.unwrap_or(0),
+        // Written just after the first record (see `record_issuance`).
+        first_seen: match int_field(&get, "first_seen")? {
+            Some(t) => t,
+            None => last_issued,
+        },
+        last_issued,
         credentials_issued: int_field(&get, "count")?.unwrap_or(0).max(0) as u64,
         latest_expiry,
         locked: false,
