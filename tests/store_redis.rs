@@ -563,15 +563,35 @@ async fn redis_refusing_a_record_fails_the_write() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    p.store
-        .record_issuance(&issuance(id, "team-a", t + 5, t + 60, 3))
-        .await
-        .expect("written once the key is a hash again");
+    for (at, n) in [(t + 5, 3), (t + 9, 4)] {
+        p.store
+            .record_issuance(&issuance(id, "team-a", at, t + 60, n))
+            .await
+            .expect("written once the key is a hash again");
+    }
     let all = p.other.list_identities(None).await.unwrap();
     let ids: Vec<&str> = all.iter().map(|r| r.spiffe_id.as_str()).collect();
     assert_eq!(ids, ["spiffe://example.org/fine", id]);
-    // The record begins again: first seen at its first issuance.
-    assert_eq!((all[1].credentials_issued, all[1].first_seen), (1, t + 5));
+    // The record begins again: first seen at its first issuance, not its last.
+    let again = &all[1];
+    assert_eq!(
+        (
+            again.credentials_issued,
+            again.first_seen,
+            again.last_issued
+        ),
+        (2, t + 5, t + 9)
+    );
+
+    // A record whose first_seen has not landed (yet) reads its last issuance in its place.
+    let _: () = redis::cmd("HDEL")
+        .arg(&key)
+        .arg("first_seen")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let all = p.other.list_identities(None).await.unwrap();
+    assert_eq!((all[1].first_seen, all[1].last_issued), (t + 9, t + 9));
     let audited: Vec<String> = p
         .store
         .recent_audit(10)
@@ -583,10 +603,10 @@ async fn redis_refusing_a_record_fails_the_write() {
     // (A pipeline is not a transaction: the refused record's own audit event, cred1, went
     // in before its request failed, as any write may land before its reply is lost.)
     assert!(
-        ["cred2", "cred3"]
+        ["cred2", "cred3", "cred4"]
             .iter()
             .all(|c| audited.contains(&c.to_string())),
-        "the refused record's batch mate and the later record are audited: {audited:?}"
+        "the refused record's batch mate and the later records are audited: {audited:?}"
     );
 }
 
