@@ -120,6 +120,9 @@ pub struct LoadResult {
     pub failed: usize,
     pub elapsed: Duration,
     pub latencies_us: Vec<u32>,
+    /// Successes of each connection, to tell unfairness between connections from spread
+    /// within each.
+    pub per_connection: Vec<usize>,
 }
 
 impl LoadResult {
@@ -138,6 +141,20 @@ pub struct Summary {
     pub rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Only from our own load generator; `wrk` reports no more than p50 and p99.
+    pub spread: Option<Spread>,
+}
+
+/// How one load level's latencies and work were distributed.
+pub struct Spread {
+    /// p1, p10, p50, p90, p99 and p99.9, in milliseconds.
+    pub percentiles_ms: [f64; 6],
+    /// The fewest and the most successes of one connection.
+    pub per_connection: (usize, usize),
+}
+
+impl Spread {
+    const PERCENTILES: [f64; 6] = [1.0, 10.0, 50.0, 90.0, 99.0, 99.9];
 }
 
 impl From<&LoadResult> for Summary {
@@ -148,6 +165,13 @@ impl From<&LoadResult> for Summary {
             rate: result.rate(),
             p50_ms: result.percentile_ms(50.0),
             p99_ms: result.percentile_ms(99.0),
+            spread: Some(Spread {
+                percentiles_ms: Spread::PERCENTILES.map(|p| result.percentile_ms(p)),
+                per_connection: (
+                    result.per_connection.iter().copied().min().unwrap_or(0),
+                    result.per_connection.iter().copied().max().unwrap_or(0),
+                ),
+            }),
         }
     }
 }
@@ -209,6 +233,7 @@ end
         rate: ok as f64 / (micros.max(1) as f64 / 1e6),
         p50_ms: p50_us as f64 / 1000.0,
         p99_ms: p99_us as f64 / 1000.0,
+        spread: None,
     })
 }
 
@@ -438,9 +463,11 @@ where
             failed: 0,
             elapsed: Duration::ZERO,
             latencies_us: Vec::new(),
+            per_connection: Vec::with_capacity(tasks.len()),
         };
         for t in tasks {
             if let Ok(tally) = t.await {
+                result.per_connection.push(tally.ok);
                 result.ok += tally.ok;
                 result.failed += tally.failed;
                 result.latencies_us.extend(tally.latencies_us);
