@@ -93,6 +93,13 @@ fn main() {
         )),
         None => println!("(redis-server not on PATH: skipping the Redis store run)"),
     }
+    if let Some(nice) = redis
+        .as_ref()
+        .and_then(BenchRedis::nice)
+        .filter(|n| *n != 0)
+    {
+        println!("(redis-server runs at nice {nice}: CREDBROKER_BENCH_REDIS_NICE)");
+    }
     let body = exchange::form(&platform_token);
     let request = Arc::new(vec![http_request(
         "POST",

@@ -63,22 +63,47 @@ pub struct BenchRedis {
 impl BenchRedis {
     /// The server's CPU time so far (user and system), from `/proc/PID/stat`.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields 14 and 15 (utime, stime), counted after the parenthesised command name.
-        let mut after_name = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-        let utime: f64 = after_name.next()?.parse().ok()?;
-        let stime: f64 = after_name.next()?.parse().ok()?;
+        let utime: f64 = self.stat_field(14)?;
+        let stime: f64 = self.stat_field(15)?;
         // In USER_HZ ticks, which Linux's ABI fixes at 100 a second.
         Some((utime + stime) / 100.0)
     }
 
+    /// The server's nice value, as the kernel has it.
+    pub fn nice(&self) -> Option<i32> {
+        self.stat_field(19)
+    }
+
+    /// Field `n` of `/proc/PID/stat`, numbered from 1 as proc(5) does.
+    fn stat_field<T: std::str::FromStr>(&self, n: usize) -> Option<T> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Counted after field 2, the command name in parentheses (it may hold spaces).
+        let after_name = stat.rsplit_once(')')?.1;
+        after_name
+            .split_whitespace()
+            .nth(n.checked_sub(3)?)?
+            .parse()
+            .ok()
+    }
+
+    /// Starts the server, at the nice value `CREDBROKER_BENCH_REDIS_NICE` when set: on the
+    /// benchmark's two cores the broker keeps both busy, and at the default priority a
+    /// pipeline that reaches `redis-server` may wait for a core.
     pub fn start() -> Option<BenchRedis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
             .ok()?
             .port();
-        let child = Command::new("redis-server")
+        let mut command = match std::env::var("CREDBROKER_BENCH_REDIS_NICE") {
+            Ok(nice) => {
+                let mut command = Command::new("nice");
+                command.args(["-n", &nice, "redis-server"]);
+                command
+            }
+            Err(_) => Command::new("redis-server"),
+        };
+        let child = command
             .args([
                 "--port",
                 &port.to_string(),
