@@ -172,7 +172,7 @@ pub struct Summary {
 
 /// How one load level's latencies and work were distributed.
 pub struct Spread {
-    /// p1, p10, p50, p90, p99 and p99.9, in milliseconds.
+    /// p1, p10, p50, p90, p99 and p99.9 (`PERCENTILES`), in milliseconds.
     pub percentiles_ms: [f64; 6],
     /// The fewest and the most successes of one connection.
     pub per_connection: (usize, usize),
@@ -184,14 +184,18 @@ impl Spread {
 
 impl From<&LoadResult> for Summary {
     fn from(result: &LoadResult) -> Summary {
+        let mut sorted = result.latencies_us.clone();
+        sorted.sort_unstable();
+        let percentiles_ms =
+            Spread::PERCENTILES.map(|p| percentile_of_sorted(&sorted, p) as f64 / 1000.0);
         Summary {
             ok: result.ok,
             failed: result.failed,
             rate: result.rate(),
-            p50_ms: result.percentile_ms(50.0),
-            p99_ms: result.percentile_ms(99.0),
+            p50_ms: percentiles_ms[2],
+            p99_ms: percentiles_ms[4],
             spread: Some(Spread {
-                percentiles_ms: Spread::PERCENTILES.map(|p| result.percentile_ms(p)),
+                percentiles_ms,
                 per_connection: (
                     result.per_connection.iter().copied().min().unwrap_or(0),
                     result.per_connection.iter().copied().max().unwrap_or(0),
@@ -264,11 +268,16 @@ end
 
 /// The p-th percentile (0..=100) of a sample, in the sample's unit.
 pub fn percentile(sample: &[u32], p: f64) -> u32 {
-    if sample.is_empty() {
-        return 0;
-    }
     let mut sorted = sample.to_vec();
     sorted.sort_unstable();
+    percentile_of_sorted(&sorted, p)
+}
+
+/// [`percentile`] of a sample already sorted.
+fn percentile_of_sorted(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
 }

@@ -817,10 +817,7 @@ fn identity_from_fields(
         rule: text("rule"),
         attestor: text("attestor"),
         // Written just after the first record (see `record_issuance`).
-        first_seen: match int_field(&get, "first_seen")? {
-            Some(t) => t,
-            None => last_issued,
-        },
+        first_seen: int_field(&get, "first_seen")?.unwrap_or(last_issued),
         last_issued,
         credentials_issued: int_field(&get, "count")?.unwrap_or(0).max(0) as u64,
         latest_expiry,
