@@ -14,6 +14,9 @@
 //!    `GET /healthz`, the HTTP floor.
 //! 3. The ceiling again (the higher of the two counts), then the tables. Beside each rate:
 //!    the machine's CPU time per token, idle and stolen shares (see `CpuTicks`).
+//!
+//! Every token is for one identity unless `CREDBROKER_BENCH_IDENTITIES=N` spreads them over
+//! N (the Redis store updates an identity's inventory record once per batch).
 
 #[path = "bench_support/mod.rs"]
 mod bench_support;
@@ -101,12 +104,26 @@ fn main() {
         println!("(redis-server runs at nice {nice}: CREDBROKER_BENCH_REDIS_NICE)");
     }
     let body = exchange::form(&platform_token);
-    let request = Arc::new(vec![http_request(
-        "POST",
-        "/v1/token",
-        FORM,
-        body.as_bytes(),
-    )]);
+    // All tokens are for one identity (a CI fan-out), unless spread over several: each
+    // connection then asks for each identity in turn.
+    let identities: usize = std::env::var("CREDBROKER_BENCH_IDENTITIES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let request = Arc::new(if identities == 1 {
+        vec![http_request("POST", "/v1/token", FORM, body.as_bytes())]
+    } else {
+        println!(
+            "(tokens for {identities} identities, the `wrk` rows' for one: CREDBROKER_BENCH_IDENTITIES)"
+        );
+        (0..identities)
+            .map(|k| {
+                let form = exchange::form(&platform.token_for(&format!("acme/web-{k}")));
+                http_request("POST", "/v1/token", FORM, form.as_bytes())
+            })
+            .collect()
+    });
     let only = std::env::args().nth(2);
     stores.retain(|(name, _)| only.as_deref().is_none_or(|o| o == *name));
     let mut runs: Vec<Run> = Vec::new();

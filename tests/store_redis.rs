@@ -421,19 +421,52 @@ async fn inventory_is_per_identity(p: Pair) {
 }
 
 both!(concurrent_issuances_all_land, 1000, 1000);
-/// Concurrent writes (group-committed into shared pipelines on Redis) each land once.
+/// Concurrent writes each land once. On Redis they are group-committed into shared
+/// pipelines, where one identity's records in a batch update its inventory record
+/// together: the count and the latest expiry must come out as one after another would.
 async fn concurrent_issuances_all_land(p: Pair) {
     let t = now();
-    let id = "spiffe://example.org/ns/prod/sa/busy";
+    let busy = "spiffe://example.org/ns/prod/sa/busy";
+    let other = "spiffe://example.org/ns/prod/sa/other";
+    // Issued in the same second, expiries out of order.
     let records: Vec<IssuanceRecord> = (0..200)
-        .map(|i| issuance(id, "team-a", t, t + 300, i))
+        .map(|i| {
+            let (id, owner) = if i % 3 == 0 {
+                (other, "team-b")
+            } else {
+                (busy, "team-a")
+            };
+            issuance(id, owner, t, t + 300 + (i as i64 * 37) % 101, i)
+        })
         .collect();
     let results =
         futures_util::future::join_all(records.iter().map(|r| p.store.record_issuance(r))).await;
     assert!(results.iter().all(Result::is_ok));
     let all = p.other.list_identities(None).await.unwrap();
-    assert_eq!(all.len(), 1);
-    assert_eq!(all[0].credentials_issued, 200);
+    let got: Vec<_> = all
+        .iter()
+        .map(|r| {
+            let mine = records.iter().filter(|x| x.spiffe_id == r.spiffe_id);
+            let expected = (
+                mine.clone().count() as u64,
+                mine.clone().map(|x| x.issued_at).min().unwrap(),
+                mine.clone().map(|x| x.issued_at).max().unwrap(),
+                mine.map(|x| x.expires_at).max().unwrap(),
+            );
+            let read = (
+                r.credentials_issued,
+                r.first_seen,
+                r.last_issued,
+                r.latest_expiry,
+            );
+            (r.spiffe_id.as_str(), r.owner.as_str(), read, expected)
+        })
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    for (id, owner, read, expected) in got {
+        assert_eq!(read, expected, "{id}");
+        assert_eq!(owner, if id == busy { "team-a" } else { "team-b" });
+    }
     let mut ids: Vec<String> = p
         .store
         .recent_audit(1000)

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use josekit::jwk::Jwk;
 use josekit::jwk::alg::rsa::RsaKeyPair;
+use josekit::jws::alg::rsassa::RsassaJwsSigner;
 use josekit::jws::{JwsHeader, RS256};
 use josekit::jwt::{self, JwtPayload};
 use serde_json::{Map, Value, json};
@@ -12,11 +13,13 @@ use serde_json::{Map, Value, json};
 pub const ISSUER: &str = "https://ci.bench";
 pub const FORM: &str = "application/x-www-form-urlencoded";
 
-/// An RS256 issuer (2048 bits, kid `bench-1`) and a CI-like token of it, valid for an hour.
+/// An RS256 issuer (2048 bits, kid `bench-1`) and a CI-like token of it for repository
+/// `acme/web`, valid for an hour.
 pub struct Platform {
     pub rsa: RsaKeyPair,
     pub public_jwk: Jwk,
     pub token: String,
+    signer: RsassaJwsSigner,
 }
 
 /// Generates the issuer and writes its JWKS to `dir/bench-jwks.json`, where
@@ -33,29 +36,38 @@ pub fn platform(dir: &Path) -> Platform {
         serde_json::to_vec(&jwks).expect("jwks"),
     )
     .expect("write jwks");
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let claims: Map<String, Value> = match json!({
-        "iss": ISSUER, "aud": "credbroker", "sub": "repo:acme/web:ref:refs/heads/main",
-        "repository": "acme/web", "ref": "refs/heads/main",
-        "iat": now, "nbf": now, "exp": now + 3600,
-    }) {
-        Value::Object(m) => m,
-        _ => unreachable!(),
-    };
-    let mut header = JwsHeader::new();
-    header.set_token_type("JWT");
-    header.set_key_id("bench-1");
-    let signer = RS256.signer_from_jwk(&private).expect("signer");
-    let token = jwt::encode_with_signer(
-        &JwtPayload::from_map(claims).expect("claims"),
-        &header,
-        &signer,
-    )
-    .expect("sign");
-    Platform {
+    let mut platform = Platform {
         rsa,
         public_jwk,
-        token,
+        token: String::new(),
+        signer: RS256.signer_from_jwk(&private).expect("signer"),
+    };
+    platform.token = platform.token_for("acme/web");
+    platform
+}
+
+impl Platform {
+    /// A token of a CI job of `repository` (`acme/...` for the rule of [`config`]): each
+    /// repository is an identity of its own.
+    pub fn token_for(&self, repository: &str) -> String {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims: Map<String, Value> = match json!({
+            "iss": ISSUER, "aud": "credbroker", "sub": format!("repo:{repository}:ref:refs/heads/main"),
+            "repository": repository, "ref": "refs/heads/main",
+            "iat": now, "nbf": now, "exp": now + 3600,
+        }) {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let mut header = JwsHeader::new();
+        header.set_token_type("JWT");
+        header.set_key_id("bench-1");
+        jwt::encode_with_signer(
+            &JwtPayload::from_map(claims).expect("claims"),
+            &header,
+            &self.signer,
+        )
+        .expect("sign")
     }
 }
 

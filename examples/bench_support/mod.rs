@@ -320,7 +320,8 @@ where
 }
 
 /// Like [`drive`], with a minimal HTTP/1.1 client instead of reqwest: each connection
-/// (from `connect`) writes prepared request bytes (request `i` is `requests[i % len]`)
+/// (from `connect`) writes prepared request bytes (connection `c`'s request `i` is
+/// `requests[(c + i) % len]`, so that connections do not move through them in step)
 /// and reads one response (status line, headers, `Content-Length` body). It costs
 /// little CPU, as wrk does, so that on a 2-core machine the broker, not the load
 /// generator, is what gets measured.
@@ -340,7 +341,7 @@ where
     let per_conn = max_requests.div_ceil(connections);
     run_load(client, duration, |deadline| {
         (0..connections)
-            .map(|_| {
+            .map(|c| {
                 let requests = requests.clone();
                 let connecting = connect();
                 tokio::spawn(async move {
@@ -356,7 +357,7 @@ where
                         }
                         let t = Instant::now();
                         let ok = matches!(
-                            conn.round_trip(&requests[i % requests.len()]).await,
+                            conn.round_trip(&requests[(c + i) % requests.len()]).await,
                             Ok(200..=299)
                         );
                         tally.record(t, ok);

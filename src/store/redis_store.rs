@@ -9,7 +9,7 @@
 //! | `P jt:<sha256 hex>` | string | a join token's record (JSON), `EX ttl`, consumed with `GETDEL` |
 //! | `P once:<key>` | string | a one-time-use key, `SET NX EXAT` |
 //! | `P rate:<key>` | hash | a token bucket (`t` tokens, `ts` ms), `PEXPIRE period` |
-//! | `P inv:<spiffe id>` | hash | inventory record: `owner`, `rule`, `attestor`, `last_issued`, `count` (HINCRBY), `first_seen` (HSETNX when `count` becomes 1) |
+//! | `P inv:<spiffe id>` | hash | inventory record: `owner`, `rule`, `attestor`, `last_issued`, `count` (HINCRBY), `first_seen` (HSETNX when a batch's HINCRBY makes `count` its own number of records) |
 //! | `P inv:index` | sorted set | every identity, scored by its latest credential expiry (`ZADD GT`) |
 //! | `P audit` | stream | audit events (`event` = JSON), `MAXLEN ~ audit_max_len` |
 //!
@@ -25,7 +25,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 
-use super::redis_batch::RecordWriter;
+use super::redis_batch::{Record, RecordWriter};
 use super::{
     EventRead, JoinTokenRecord, MIN_REMEMBER, RevocationEvent, StoreError, parse_cursor,
     redact_url, wall_ms,
@@ -216,13 +216,14 @@ impl RedisStore {
                     _ => StoreError::Backend(message),
                 }
             })?;
+        let keys = Keys::new(prefix);
         let store = Self {
             inner: Arc::new(Inner {
                 client,
-                records: RecordWriter::spawn(conn.clone(), "record_issuance"),
+                records: RecordWriter::spawn(conn.clone(), keys.inv_index.clone()),
                 conn,
                 idle_blocking: Mutex::new(Vec::new()),
-                keys: Keys::new(prefix),
+                keys,
                 stream_max_len: stream_max_len.max(1),
                 audit_max_len: audit_max_len.max(1),
                 publish: Script::new(PUBLISH_LUA),
@@ -515,53 +516,17 @@ impl RedisStore {
     }
 
     pub(super) async fn record_issuance(&self, inv: &IssuanceRecord) -> Result<(), StoreError> {
-        let keys = &self.inner.keys;
-        let key = keys.with("inv", &inv.spiffe_id);
-        // Each size: the variable arguments, plus the field names and up to 20 digits a number.
-        let fields = inv.owner.len() + inv.rule.len() + inv.attestor.len();
-        let mut record = sized_cmd("HSET", 9, key.len() + fields + 60);
-        record
-            .arg(&key)
-            .arg("owner")
-            .arg(&inv.owner)
-            .arg("rule")
-            .arg(&inv.rule)
-            .arg("attestor")
-            .arg(&inv.attestor)
-            .arg("last_issued")
-            .arg(inv.issued_at);
-        let mut count = sized_cmd("HINCRBY", 3, key.len() + 6);
-        count.arg(&key).arg("count").arg(1);
-        let mut index = sized_cmd("ZADD", 4, keys.inv_index.len() + inv.spiffe_id.len() + 22);
-        index
-            .arg(&keys.inv_index)
-            .arg("GT")
-            .arg(inv.expires_at)
-            .arg(&inv.spiffe_id);
-        let audit = self.audit_cmd(&inv.event)?;
-        let count = self
-            .inner
-            .records
-            .write(vec![record, count, index, audit], 1)
-            .await?;
-        // The count is 1 once in a record's life: then, and only then, it needs its
-        // `first_seen` (a fifth command on every issuance otherwise). HSETNX, because a
-        // concurrent second issuance may already be past this point. Until it lands, a
-        // reader takes `last_issued` for it (`identity_from_fields`). The credential is on
-        // record by now, so a failure here costs the field, not the issuance.
-        if count == redis::Value::Int(1) {
-            let written: Result<(), _> = redis::cmd("HSETNX")
-                .arg(&key)
-                .arg("first_seen")
-                .arg(inv.issued_at)
-                .query_async(&mut self.conn())
-                .await;
-            if let Err(e) = written {
-                let e = map_err("record_first_seen", e);
-                tracing::warn!(spiffe_id = %inv.spiffe_id, error = %e, "first_seen not recorded");
-            }
-        }
-        Ok(())
+        let record = Record {
+            key: self.inner.keys.with("inv", &inv.spiffe_id),
+            spiffe_id: inv.spiffe_id.clone(),
+            owner: inv.owner.clone(),
+            rule: inv.rule.clone(),
+            attestor: inv.attestor.clone(),
+            issued_at: inv.issued_at,
+            expires_at: inv.expires_at,
+            audit: self.audit_cmd(&inv.event)?,
+        };
+        self.inner.records.write(record).await
     }
 
     /// `XADD` of one audit event to the bounded audit stream.
@@ -713,7 +678,7 @@ impl RedisStore {
 /// `redis::cmd(name)` with room for `args` more arguments of about `bytes` in all. A command
 /// otherwise regrows its two buffers as arguments arrive: a token's record took 17
 /// allocations more that way.
-fn sized_cmd(name: &str, args: usize, bytes: usize) -> redis::Cmd {
+pub(super) fn sized_cmd(name: &str, args: usize, bytes: usize) -> redis::Cmd {
     let mut cmd = redis::Cmd::with_capacity(args + 1, name.len() + bytes);
     cmd.arg(name);
     cmd
