@@ -479,6 +479,28 @@ async fn concurrent_issuances_all_land(p: Pair) {
     let mut expected: Vec<String> = (0..200).map(|n| format!("cred{n}")).collect();
     expected.sort();
     assert_eq!(ids, expected);
+
+    // A new identity's first two records, together: first seen is the earlier one, last
+    // issued the later one's.
+    let new = "spiffe://example.org/ns/prod/sa/new";
+    let (first, second) = (
+        issuance(new, "team-c", t, t + 60, 200),
+        issuance(new, "team-c", t + 3, t + 60, 201),
+    );
+    let (a, b) = tokio::join!(
+        p.store.record_issuance(&first),
+        p.store.record_issuance(&second)
+    );
+    a.and(b).expect("both written");
+    let all = p.other.list_identities(Some("team-c")).await.unwrap();
+    assert_eq!(
+        (
+            all[0].credentials_issued,
+            all[0].first_seen,
+            all[0].last_issued
+        ),
+        (2, t, t + 3)
+    );
 }
 
 both!(audit_stream_is_bounded, 1000, 20);

@@ -39,15 +39,14 @@ const OP: &str = "record_issuance";
 
 /// One credential's record, as the writer takes it.
 pub(super) struct Record {
-    /// The identity's inventory key.
+    /// The identity's inventory key, and the identity.
     pub key: String,
     pub spiffe_id: String,
-    pub owner: String,
-    pub rule: String,
-    pub attestor: String,
     /// Unix seconds.
     pub issued_at: i64,
     pub expires_at: i64,
+    /// The `HSET` of the record's fields, sent if it is its identity's latest in the batch.
+    pub fields: Cmd,
     /// The `XADD` of its audit event.
     pub audit: Cmd,
 }
@@ -134,7 +133,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn plan(pending: Vec<Pending>, index: &str) -> (Batch, redis::Pipeline) {
+    fn plan(mut pending: Vec<Pending>, index: &str) -> (Batch, redis::Pipeline) {
         let mut identities: Vec<Identity> = Vec::new();
         let mut of = Vec::with_capacity(pending.len());
         let mut seen: HashMap<&str, usize> = HashMap::with_capacity(pending.len());
@@ -171,22 +170,12 @@ impl Batch {
         let mut zadd = sized_cmd("ZADD", 2 + 2 * identities.len(), index.len() + 2 + members);
         zadd.arg(index).arg("GT");
         for identity in &identities {
-            let r = &pending[identity.newest].record;
-            let fields = r.owner.len() + r.rule.len() + r.attestor.len();
-            let mut hset = sized_cmd("HSET", 9, r.key.len() + fields + 60);
-            hset.arg(&r.key)
-                .arg("owner")
-                .arg(&r.owner)
-                .arg("rule")
-                .arg(&r.rule)
-                .arg("attestor")
-                .arg(&r.attestor)
-                .arg("last_issued")
-                .arg(r.issued_at);
+            let r = &mut pending[identity.newest].record;
             let mut count = sized_cmd("HINCRBY", 3, r.key.len() + 25);
             count.arg(&r.key).arg("count").arg(identity.count);
-            pipe.add_command(hset).add_command(count);
             zadd.arg(identity.expires_at).arg(&r.spiffe_id);
+            pipe.add_command(std::mem::take(&mut r.fields))
+                .add_command(count);
         }
         pipe.add_command(zadd);
         for (i, (Pending { record, done }, at)) in pending.into_iter().zip(of).enumerate() {

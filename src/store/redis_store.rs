@@ -516,14 +516,26 @@ impl RedisStore {
     }
 
     pub(super) async fn record_issuance(&self, inv: &IssuanceRecord) -> Result<(), StoreError> {
+        let key = self.inner.keys.with("inv", &inv.spiffe_id);
+        // The variable arguments, plus the field names and up to 20 digits.
+        let size = key.len() + inv.owner.len() + inv.rule.len() + inv.attestor.len() + 60;
+        let mut fields = sized_cmd("HSET", 9, size);
+        fields
+            .arg(&key)
+            .arg("owner")
+            .arg(&inv.owner)
+            .arg("rule")
+            .arg(&inv.rule)
+            .arg("attestor")
+            .arg(&inv.attestor)
+            .arg("last_issued")
+            .arg(inv.issued_at);
         let record = Record {
-            key: self.inner.keys.with("inv", &inv.spiffe_id),
+            key,
             spiffe_id: inv.spiffe_id.clone(),
-            owner: inv.owner.clone(),
-            rule: inv.rule.clone(),
-            attestor: inv.attestor.clone(),
             issued_at: inv.issued_at,
             expires_at: inv.expires_at,
+            fields,
             audit: self.audit_cmd(&inv.event)?,
         };
         self.inner.records.write(record).await
