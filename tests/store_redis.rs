@@ -834,6 +834,22 @@ async fn unreachable_redis_is_a_clear_error_without_the_password() {
     assert!(text.contains("127.0.0.1"), "{text}");
 }
 
+#[tokio::test]
+async fn malformed_redis_url_is_a_config_error_without_the_password() {
+    for url in [
+        "redis://:hunter2@127.0.0.1:notaport/0",
+        "http://:hunter2@127.0.0.1:6379/0",
+    ] {
+        let err = Store::connect(&config(StoreKind::Redis, Some(url), 10, 10))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(!err.is_unavailable(), "{text}");
+        assert!(text.contains("invalid redis URL"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}
+
 both!(crl_serials_are_shared_until_they_expire, 1000, 100);
 async fn crl_serials_are_shared_until_they_expire(p: Pair) {
     let t = now();

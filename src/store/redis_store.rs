@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::io::tcp::TcpSettings;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
-use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError, Script};
 
 use super::redis_batch::{Record, RecordWriter};
 use super::{
@@ -195,12 +196,20 @@ impl RedisStore {
         // rediss:// goes through rustls; make sure it has its (only) crypto provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let redacted = redact_url(url);
-        let client = Client::open(url).map_err(|e| {
+        let invalid = |e: RedisError| {
             StoreError::Config(format!(
                 "invalid redis URL {redacted}: {}",
                 redact_url(&e.to_string())
             ))
-        })?;
+        };
+        // The redis crate leaves Nagle's algorithm on: on the multiplexed connection, a
+        // command or pipeline sent while another awaits its reply would be held back until
+        // that reply acknowledges it, a round trip later.
+        let info = url
+            .into_connection_info()
+            .map_err(invalid)?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info).map_err(invalid)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
