@@ -172,6 +172,18 @@ async fn agent_renews_over_mtls_and_stops_on_sigterm() {
     let token = join_token(&keys, &broker, "spiffe://example.org/host/renewer").await;
     let out = tempfile::tempdir().unwrap();
     let log = out.path().join("rotations.log");
+    let snapshots = out.path().join("snapshots");
+    std::fs::create_dir(&snapshots).unwrap();
+    // The files are read where the agent says they match: in the rotation hook, which runs
+    // after all three are written and before the next renewal. (Read at any other moment,
+    // a renewal may replace the key between reading the certificate and reading the key.)
+    let hook = format!(
+        "n=$(cat {log} 2>/dev/null | wc -l); mkdir {snaps}/$n && \
+         cp -p \"$CREDBROKER_SVID_DIR\"/svid.pem \"$CREDBROKER_SVID_DIR\"/svid.key \
+         \"$CREDBROKER_SVID_DIR\"/bundle.pem {snaps}/$n/ && echo rotated >> {log}",
+        log = log.display(),
+        snaps = snapshots.display(),
+    );
     let mut child = agent(
         &keys,
         &broker,
@@ -179,39 +191,40 @@ async fn agent_renews_over_mtls_and_stops_on_sigterm() {
         &out.path().join("svid"),
     )
     .arg("--exec-on-rotate")
-    .arg(format!("echo rotated >> {}", log.display()))
+    .arg(hook)
     .stdout(Stdio::null())
     .spawn()
     .unwrap();
     // Bootstrap + at least two renewals (TTL 4 s → renewal about every 2 s); bounded wait.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut serials = std::collections::BTreeSet::new();
-    while Instant::now() < deadline {
-        let rotations = std::fs::read_to_string(&log)
+    let rotations = || {
+        std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
-            .count();
-        if rotations >= 3 && serials.len() >= 2 {
-            break;
-        }
-        if out.path().join("svid/svid.pem").exists() && rotations > 0 {
-            serials.insert(assert_files_verify(
-                &out.path().join("svid"),
-                "spiffe://example.org/host/renewer",
-            ));
-        }
+            .count()
+    };
+    while Instant::now() < deadline && rotations() < 3 {
         assert!(child.try_wait().unwrap().is_none(), "agent exited early");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let rotations = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .count();
+    let rotations = rotations();
     assert!(
         rotations >= 3,
         "expected bootstrap + 2 renewals, saw {rotations}"
     );
-    assert!(serials.len() >= 2, "the SVID changed: {serials:?}");
+    // Every rotation left a matching, verifying set, and a new SVID each time.
+    let mut serials = std::collections::BTreeSet::new();
+    for n in 0..rotations {
+        serials.insert(assert_files_verify(
+            &snapshots.join(n.to_string()),
+            "spiffe://example.org/host/renewer",
+        ));
+    }
+    assert_eq!(
+        serials.len(),
+        rotations,
+        "a new SVID each time: {serials:?}"
+    );
     // The join token is single use, so every renewal above went over mTLS with the SVID.
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -227,6 +240,11 @@ async fn agent_renews_over_mtls_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "clean shutdown: {status:?}");
+    // At rest, the files in place are a matching set too.
+    assert_files_verify(
+        &out.path().join("svid"),
+        "spiffe://example.org/host/renewer",
+    );
     // No temporary files were left behind.
     for entry in std::fs::read_dir(out.path().join("svid")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
