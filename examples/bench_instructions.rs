@@ -13,7 +13,9 @@
 //! crypto — and the rest. With Redis each token is its own pipeline here (nothing to batch
 //! with at concurrency 1), so the Redis client's share is larger than under load. With
 //! `CREDBROKER_BENCH_INSTRUCTIONS_KEEP=FILE` the dump is kept in FILE, where
-//! `callgrind_annotate FILE` tells which functions the instructions went to.
+//! `callgrind_annotate FILE` tells which functions the instructions went to. With
+//! `CREDBROKER_BENCH_LOG=text` or `json` the broker logs as `credbroker serve` does (one
+//! audit line per token, to stderr).
 
 #[path = "bench_support/mod.rs"]
 mod bench_support;
@@ -26,7 +28,7 @@ use std::path::Path;
 use std::process::Command;
 
 use bench_support::exchange::{self, FORM};
-use bench_support::{BenchBroker, BenchRedis, http_request};
+use bench_support::{BenchBroker, BenchRedis, http_request, log_like_serve};
 
 /// Set in the child that valgrind runs.
 const CHILD: &str = "CREDBROKER_BENCH_INSTRUCTIONS_CHILD";
@@ -52,6 +54,7 @@ fn main() {
         .unwrap_or(500);
     let store = std::env::args().nth(2).unwrap_or_else(|| "memory".into());
     if std::env::var_os(CHILD).is_some() {
+        log_like_serve();
         exchange_tokens(tokens, &store);
     } else {
         measure(tokens, &store);
@@ -87,6 +90,9 @@ fn measure(tokens: usize, store: &str) {
     }
     let per = |n: u64| n as f64 / tokens as f64;
     println!("== instructions per token exchange, {store} store, {tokens} tokens at concurrency 1");
+    if let Ok(format) = std::env::var("CREDBROKER_BENCH_LOG") {
+        println!("   (the broker logs as `serve` does, {format} to stderr: CREDBROKER_BENCH_LOG)");
+    }
     println!("   all:        {:>9.0}", per(total));
     println!("   crypto:     {:>9.0}  (ring)", per(crypto));
     println!("   the rest:   {:>9.0}", per(total - crypto));

@@ -31,7 +31,7 @@ use std::time::Duration;
 use bench_support::exchange::{self, FORM};
 use bench_support::{
     BenchBroker, BenchRedis, Client, CpuUse, Summary, all_cores, drive_raw, drive_wrk,
-    http_request, one_core, with_cpu,
+    http_request, log_like_serve, one_core, with_cpu,
 };
 use josekit::jws::{ES256, JwsHeader, RS256};
 use josekit::jwt::{self, JwtPayload};
@@ -102,6 +102,9 @@ fn main() {
         .filter(|n| *n != 0)
     {
         println!("(redis-server runs at nice {nice}: CREDBROKER_BENCH_REDIS_NICE)");
+    }
+    if let Some(format) = log_like_serve() {
+        println!("(the broker logs as `serve` does, {format:?} to stderr: CREDBROKER_BENCH_LOG)");
     }
     let body = exchange::form(&platform_token);
     // All tokens are for one identity (a CI fan-out), unless spread over several: each

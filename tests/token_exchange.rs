@@ -928,6 +928,12 @@ async fn tokens_never_reach_the_logs() {
         "the broker logged its work: {text}"
     );
     assert!(text.contains("denied"), "{text}");
+    // The log is a pipe here, as under a log shipper: plain `name=value`, no colour codes.
+    assert!(text.contains("event=\"issued\""), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "terminal escape codes in a piped log"
+    );
     for secret in &secrets {
         assert!(!text.contains(secret.as_str()), "a secret reached the log");
         if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() > 20) {

@@ -11,9 +11,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use credbroker::clock::SystemClock;
-use credbroker::config::Config;
+use credbroker::config::{Config, LogFormat};
 use credbroker::server::Server;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// With `CREDBROKER_BENCH_LOG=text` or `json`, logs as `credbroker serve` does: to stderr,
+/// filtered by `CREDBROKER_LOG`, so one audit line per credential at the default `info`.
+/// Unset, the broker logs nothing. Call it before the broker starts.
+pub fn log_like_serve() -> Option<LogFormat> {
+    let format = match std::env::var("CREDBROKER_BENCH_LOG").ok()?.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => panic!("CREDBROKER_BENCH_LOG={other:?}: use text or json"),
+    };
+    credbroker::cli::init_logging(format);
+    Some(format)
+}
 
 /// A broker running on its own tokio runtime, so load generation cannot starve it of a scheduler.
 pub struct BenchBroker {
