@@ -1,15 +1,17 @@
 //! X.509-SVID issuance throughput and latency beside the raw ceiling, and the cost of an
 //! mTLS handshake (SPEC §11).
 //!
-//! `cargo run --release --example bench_svid [-- SECONDS]`
+//! `cargo run --release --example bench_svid [-- SECONDS [memory|redis]]`
 //!
 //! 1. The ceiling: parse + verify one P-256 CSR and build + sign one X.509-SVID with the
 //!    broker's own code (`VerifiedCsr::parse` + `X509Ca::mint`), on one core and on all.
 //! 2. `POST /v1/svid` over HTTPS keep-alive connections on loopback (a minimal HTTP/1.1
 //!    client over rustls, as wrk would), attested by the example client certificate
-//!    (`mtls` attestor, path-validated once per connection), memory store, at
-//!    concurrency 1, 16 and 64 with the client on the broker's workers, then at 16 and
-//!    64 with the client on a thread of its own (see `bench_support::Client`).
+//!    (`mtls` attestor, path-validated once per connection), memory store (or a
+//!    `redis-server` of its own with `redis`, where each SVID's record and its note for
+//!    later brokers' CRLs are written), at concurrency 1, 16 and 64 with the client on the
+//!    broker's workers, then at 16 and 64 with the client on a thread of its own (see
+//!    `bench_support::Client`).
 //! 3. New mTLS connections per second (full handshake with a client certificate, then one
 //!    `GET /healthz`), at concurrency 16.
 
@@ -24,7 +26,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bench_support::{BenchBroker, Client, all_cores, drive, drive_raw, http_request, one_core};
+use bench_support::{
+    BenchBroker, BenchRedis, Client, all_cores, drive, drive_raw, http_request, one_core,
+};
 use credbroker::issue::x509::{Lineage, SvidRequest, VerifiedCsr, X509Ca};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use rustls::pki_types::pem::PemObject;
@@ -89,13 +93,23 @@ fn main() {
     println!("   {one:>8.0}/s one core   {all:>8.0}/s all cores");
 
     // ---- 2. the real endpoint
+    let redis = match std::env::args().nth(2).as_deref() {
+        None | Some("memory") => None,
+        Some("redis") => Some(BenchRedis::start().expect("redis-server on PATH")),
+        Some(other) => panic!("store {other:?}: memory or redis"),
+    };
+    let store = match &redis {
+        Some(r) => format!("store = \"redis\"\nredis_url = \"{}\"", r.url),
+        None => "store = \"memory\"".to_string(),
+    };
     let config_path = dir.path().join("bench-svid.toml");
-    std::fs::write(&config_path, CONFIG).unwrap();
+    std::fs::write(&config_path, CONFIG.replace("store = \"memory\"", &store)).unwrap();
     let broker = BenchBroker::start(&config_path);
     let https = broker.https.expect("https");
     let tls = client_tls(dir.path());
     println!(
-        "\n== POST /v1/svid, P-256 CSR, mTLS attestation (mtls attestor), HTTPS keep-alive on loopback"
+        "\n== POST /v1/svid, P-256 CSR, mTLS attestation (mtls attestor), {} store, HTTPS keep-alive on loopback",
+        if redis.is_some() { "redis" } else { "memory" }
     );
     println!(
         "   {:>7} {:>5} {:>10} {:>9} {:>9} {:>9} {:>8}",

@@ -15,7 +15,7 @@ use crate::attest::{Attestation, join_token, svid};
 use crate::clock::SharedClock;
 use crate::config::{Config, CredentialType};
 use crate::governance::audit::{AuditEvent, AuditEventKind};
-use crate::governance::inventory::IssuanceRecord;
+use crate::governance::inventory::{IssuanceRecord, SvidNote};
 use crate::issue::jwt::{IssuedJwt, JwtRequest, mint};
 use crate::issue::keys::SigningKeys;
 use crate::issue::lineage::child_chain;
@@ -305,7 +305,7 @@ impl Broker {
             &chain,
             issued.expires_at,
             caller,
-            "jwt",
+            None,
         )
         .await?;
         Ok(IssuedToken {
@@ -463,7 +463,8 @@ impl Broker {
         }
     }
 
-    /// Records an issuance in the inventory and audit log (one store round trip).
+    /// Records an issuance in the inventory and audit log, and an X.509-SVID's note (`svid`;
+    /// none for a JWT) for the CRL: one store round trip.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_issuance(
         &self,
@@ -473,8 +474,9 @@ impl Broker {
         chain: &[String],
         expires_at: i64,
         caller: &Caller,
-        credential_type: &'static str,
+        svid: Option<SvidNote>,
     ) -> Result<(), BrokerError> {
+        let credential_type = if svid.is_some() { "x509" } else { "jwt" };
         let now = self.now();
         let event = AuditEvent::new(AuditEventKind::Issued, now)
             .identity(grant.spiffe_id.as_str())
@@ -492,6 +494,7 @@ impl Broker {
             issued_at: now,
             expires_at,
             event,
+            svid,
         };
         if let Err(e) = self.store.record_issuance(&record).await {
             self.tolerate_store_error(e)?;

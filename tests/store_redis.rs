@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use credbroker::config::{RevocationConfig, StoreKind};
-use credbroker::governance::{AuditEvent, AuditEventKind, IssuanceRecord};
+use credbroker::governance::{AuditEvent, AuditEventKind, IssuanceRecord, SvidNote};
 use credbroker::revoke::{
     CredentialRef, EntryKind, NEVER, RevocationEntry, RevocationMirror, Revoked, run_mirror_sync,
 };
@@ -368,6 +368,7 @@ fn issuance(id: &str, owner: &str, at: i64, exp: i64, n: usize) -> IssuanceRecor
         issued_at: at,
         expires_at: exp,
         event,
+        svid: None,
     }
 }
 
@@ -873,4 +874,76 @@ async fn crl_serials_are_shared_until_they_expire(p: Pair) {
     );
     assert_eq!(p.store.crl_serials(t + 100).await.unwrap(), ["0c"]);
     assert!(p.other.crl_serials(t + 200).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn svid_notes_are_kept_for_later_brokers_until_they_expire() {
+    let p = redis(10, 10).await;
+    let t = now();
+    let note = |serial: &str, expires_at: i64| SvidNote {
+        serial: serial.into(),
+        spiffe_id: format!("spiffe://example.org/host/{serial}"),
+        src: "bootstrap".into(),
+        issued_at: t,
+        expires_at,
+        chain: vec!["parent-credential".into()],
+    };
+    let issued = |note: &SvidNote, at: i64| IssuanceRecord {
+        svid: Some(note.clone()),
+        ..issuance(&note.spiffe_id, "team-x", at, note.expires_at, 0)
+    };
+    // Issued together: one batch, one ZADD.
+    let (a, b, c) = (
+        note("0a", t + 100),
+        note("0b", t + 300),
+        note("0c", t + 200),
+    );
+    let (ra, rb, rc) = (issued(&a, t), issued(&b, t), issued(&c, t));
+    let (x, y, z) = tokio::join!(
+        p.store.record_issuance(&ra),
+        p.store.record_issuance(&rb),
+        p.store.record_issuance(&rc),
+    );
+    x.and(y).and(z).unwrap();
+    // Read through another connection, as a broker started later does: the latest to
+    // expire first, at most `limit`, none expired.
+    let all = [b.clone(), c, a];
+    assert_eq!(p.other.svid_notes(t, 10).await.unwrap(), all);
+    assert_eq!(p.other.svid_notes(t, 2).await.unwrap(), all[..2]);
+    assert_eq!(p.other.svid_notes(t + 200, 10).await.unwrap(), all[..1]);
+
+    // A note added later drops those expired by then; a member that is not a note is
+    // skipped, not an error; a JWT's record adds none.
+    let server = p._server.as_ref().unwrap();
+    let mut raw = redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = "credbroker:crl:svids";
+    let _: () = redis::cmd("ZADD")
+        .arg(key)
+        .arg(t + 500)
+        .arg("not a note")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let d = note("0d", t + 400);
+    p.store.record_issuance(&issued(&d, t + 250)).await.unwrap();
+    let jwt = issuance("spiffe://example.org/jwt", "team-x", t + 250, t + 900, 1);
+    p.store.record_issuance(&jwt).await.unwrap();
+    let held: usize = redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(held, 3, "0b, 0d and the stranger");
+    assert_eq!(
+        p.other.svid_notes(t + 250, 10).await.unwrap(),
+        [d.clone(), b]
+    );
+    // The memory store ends with its broker: nothing to keep for a later one.
+    let memory = memory(10, 10).await;
+    memory.store.record_issuance(&issued(&d, t)).await.unwrap();
+    assert!(memory.other.svid_notes(t, 10).await.unwrap().is_empty());
 }

@@ -1145,3 +1145,48 @@ async fn a_share_that_fails_is_retried_without_another_revocation() {
     let listed = crl_soon_listing(&f.http, &b, &serial).await;
     assert!(listed.contains(&serial), "B's CRL: {listed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_restarted_still_lists_the_svids_issued_before_when_revoked() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::generate();
+    let store = format!("store = \"redis\"\nredis_url = \"{}\"", redis.url);
+    let config = base_config(&keys, &store) + &rules();
+    let mut f = Fixture {
+        broker: BrokerProcess::start(&keys, &config),
+        http: client(&keys, None),
+        keys,
+    };
+    let early = "spiffe://example.org/host/revoked-while-down";
+    let late = "spiffe://example.org/host/revoked-after-restart";
+    let early_serial = serial_of(&f.bootstrap(early).await.0);
+    let late_serial = serial_of(&f.bootstrap(late).await.0);
+    let bystander = serial_of(&f.bootstrap("spiffe://example.org/host/bystander").await.0);
+
+    // The broker that issued them goes down, and an identity is revoked meanwhile through
+    // a broker without a CA (which keeps no SVIDs in mind): no broker up knows its SVID.
+    f.broker.kill();
+    let without_ca = base_config(&f.keys, &store)
+        .replace("[x509]\nca_cert = \"ca.pem\"\nca_key = \"ca.key\"\n", "");
+    assert!(!without_ca.contains("[x509]"));
+    let admin = BrokerProcess::start_with(&write(&f.keys, "broker-admin.toml", &without_ca));
+    f.revoke_at(&admin, json!({"spiffe_id": early})).await;
+
+    // It starts again: it knows the live SVIDs noted in the store, and its first scan
+    // covers the one that the revocation made while it was down, though nothing follows.
+    f.broker = BrokerProcess::start_with(&f.keys.path("broker-test.toml"));
+    let listed = crl_soon_listing(&f.http, &f.broker, &early_serial).await;
+    assert!(listed.contains(&early_serial), "CRL: {listed:?}");
+    // A revocation after the restart covers them too.
+    f.revoke_at(&admin, json!({"spiffe_id": late})).await;
+    let listed = crl_soon_listing(&f.http, &f.broker, &late_serial).await;
+    assert!(listed.contains(&late_serial), "CRL: {listed:?}");
+    assert!(listed.contains(&early_serial), "CRL: {listed:?}");
+    assert!(!listed.contains(&bystander), "CRL: {listed:?}");
+}
+
+fn write(keys: &KeyDir, name: &str, config: &str) -> PathBuf {
+    let path = keys.path(name);
+    std::fs::write(&path, config).unwrap();
+    path
+}

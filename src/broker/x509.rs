@@ -17,9 +17,11 @@ use crate::attest::Attestation;
 use crate::attest::mtls::{self, CertError, MtlsAttestor};
 use crate::attest::x509svid::{self, OwnCa, X509SvidError};
 use crate::config::{AttestorKind, Config, CredentialType};
+use crate::governance::SvidNote;
 use crate::issue::x509::{
     CaError, IssuedSvid, Lineage, SvidRequest, VerifiedCsr, X509Ca, is_serial,
 };
+use crate::store::StoreError;
 use crate::tls::{CertificateAttestation, PeerCertificates};
 
 /// Issued X.509-SVIDs remembered for the CRL (so lineage, identity and source revocations
@@ -55,14 +57,14 @@ struct Remembered {
 impl Remembered {
     /// Remembers `note` unless `cap` live notes are remembered already; returns whether it
     /// did. Expired notes are pruned only when that can make room.
-    fn remember(&mut self, serial: String, note: IssuedNote, now: i64, cap: usize) -> bool {
+    fn remember(&mut self, note: SvidNote, now: i64, cap: usize) -> bool {
         if self.notes.len() >= cap {
             if self.full_until.is_some_and(|until| now < until) {
                 return false;
             }
-            self.notes.retain(|_, n| n.expires_at > now);
+            self.notes.retain(|_, n| n.note.expires_at > now);
             if self.notes.len() >= cap {
-                self.full_until = self.notes.values().map(|n| n.expires_at).min();
+                self.full_until = self.notes.values().map(|n| n.note.expires_at).min();
                 tracing::warn!(
                     "more than {cap} live X.509-SVIDs: the CRL lists only directly revoked serials for the newest ones"
                 );
@@ -70,7 +72,14 @@ impl Remembered {
             }
             self.full_until = None;
         }
-        self.notes.insert(serial, note);
+        let serial = note.serial.clone();
+        self.notes.insert(
+            serial,
+            IssuedNote {
+                note,
+                shared: false,
+            },
+        );
         true
     }
 }
@@ -80,13 +89,9 @@ struct CaState {
     anchors: Vec<TrustAnchor<'static>>,
 }
 
-/// What revocation looks at for a certificate we issued.
+/// A live X.509-SVID, as revocation sees it.
 struct IssuedNote {
-    spiffe_id: String,
-    src: String,
-    issued_at: i64,
-    expires_at: i64,
-    chain: Vec<String>,
+    note: SvidNote,
     /// Whether its serial is in the store's shared CRL set (a revocation covers it).
     shared: bool,
 }
@@ -320,6 +325,14 @@ impl Broker {
             tracing::error!(error = %e, "X.509-SVID signing failed");
             BrokerError::Internal(e.to_string())
         })?;
+        let note = SvidNote {
+            serial: issued.serial.clone(),
+            spiffe_id: grant.spiffe_id.to_string(),
+            src: lineage.src,
+            issued_at: now,
+            expires_at: issued.not_after,
+            chain: lineage.chain,
+        };
         self.record_issuance(
             attestation,
             &grant,
@@ -327,10 +340,10 @@ impl Broker {
             &chain,
             issued.not_after,
             caller,
-            "x509",
+            Some(note.clone()),
         )
         .await?;
-        self.remember_issued(&issued, grant.spiffe_id.as_str(), lineage);
+        self.remember_issued(note);
         Ok(SvidIssued {
             spiffe_id: grant.spiffe_id.to_string(),
             svid_chain: issued.chain_pem,
@@ -341,21 +354,27 @@ impl Broker {
         })
     }
 
-    fn remember_issued(&self, issued: &IssuedSvid, spiffe_id: &str, lineage: Lineage) {
+    fn remember_issued(&self, note: SvidNote) {
         let now = self.now();
-        let note = IssuedNote {
-            spiffe_id: spiffe_id.to_string(),
-            src: lineage.src,
-            issued_at: now,
-            expires_at: issued.not_after,
-            chain: lineage.chain,
-            shared: false,
-        };
         self.x509
             .issued
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remember(issued.serial.clone(), note, now, MAX_REMEMBERED);
+            .remember(note, now, MAX_REMEMBERED);
+    }
+
+    /// Remembers the live SVIDs noted in the store (issued before this process started, or
+    /// by another broker), so that revocations cover them on the CRL too.
+    async fn recall_issued(&self) -> Result<(), StoreError> {
+        let now = self.now();
+        let notes = self.store.svid_notes(now, MAX_REMEMBERED).await?;
+        let mut remembered = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
+        for note in notes {
+            if !remembered.notes.contains_key(&note.serial) {
+                remembered.remember(note, now, MAX_REMEMBERED);
+            }
+        }
+        Ok(())
     }
 
     /// The PEM trust bundle (`GET /v1/bundle.pem`).
@@ -480,14 +499,15 @@ impl Broker {
     fn covered_svids(&self, now: i64, unshared_only: bool) -> Vec<(String, i64)> {
         use crate::revoke::mirror::CredentialRef;
         let mut remembered = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
-        remembered.notes.retain(|_, n| n.expires_at > now);
+        remembered.notes.retain(|_, n| n.note.expires_at > now);
         remembered
             .notes
-            .iter()
-            .filter(|(_, note)| !(unshared_only && note.shared))
-            .filter(|(serial, note)| {
+            .values()
+            .filter(|n| !(unshared_only && n.shared))
+            .map(|n| &n.note)
+            .filter(|note| {
                 let c = CredentialRef {
-                    id: serial,
+                    id: &note.serial,
                     spiffe_id: &note.spiffe_id,
                     source: &note.src,
                     issued_at: note.issued_at,
@@ -496,13 +516,15 @@ impl Broker {
                 };
                 self.mirror.check(&c, now).is_some()
             })
-            .map(|(serial, note)| (serial.clone(), note.expires_at))
+            .map(|note| (note.serial.clone(), note.expires_at))
             .collect()
     }
 
-    /// Follows the revocation mirror and adds the serials of this broker's SVIDs that a new
-    /// entry covers to the store's shared set, which every broker's CRL lists: a broker
-    /// knows only the SVIDs it issued itself. A share that fails is retried (with backoff)
+    /// Follows the revocation mirror and adds the serials of the SVIDs it knows that a new
+    /// entry covers to the store's shared set, which every broker's CRL lists. It knows the
+    /// SVIDs this broker issued and those noted in the store when it started: the live ones
+    /// issued before (by any broker on the store), which its first scan checks against the
+    /// entries already mirrored. A recall or share that fails is retried (with backoff)
     /// until it succeeds, without waiting for another revocation. Ends when `shutdown`
     /// turns true.
     pub async fn share_covered_svids(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
@@ -510,8 +532,9 @@ impl Broker {
             return;
         }
         let mut changes = self.mirror.subscribe();
-        // Set while covered serials wait to be shared: how long until the next try.
-        let mut retry: Option<std::time::Duration> = None;
+        let mut recalled = false;
+        // Set while the recall or covered serials wait: how long until the next try.
+        let mut retry = Some(std::time::Duration::ZERO);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -529,6 +552,19 @@ impl Broker {
                 changes.try_recv(),
                 Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
             ) {}
+            if !recalled {
+                if let Err(e) = self.recall_issued().await {
+                    let wait = backoff(retry);
+                    tracing::warn!(
+                        error = %e,
+                        retry_in_s = wait.as_secs(),
+                        "could not read the X.509-SVIDs noted in the store, for the CRL"
+                    );
+                    retry = Some(wait);
+                    continue;
+                }
+                recalled = true;
+            }
             let covered = self.covered_svids(self.now(), true);
             if covered.is_empty() {
                 retry = None;
@@ -545,7 +581,7 @@ impl Broker {
                     }
                 }
                 Err(e) => {
-                    let wait = retry.map_or(SHARE_RETRY, |w| (w * 2).min(SHARE_RETRY_MAX));
+                    let wait = backoff(retry);
                     tracing::warn!(
                         error = %e,
                         retry_in_s = wait.as_secs(),
@@ -556,6 +592,12 @@ impl Broker {
             }
         }
     }
+}
+
+/// The wait before the next try, after a failure that followed a wait of `last`.
+fn backoff(last: Option<std::time::Duration>) -> std::time::Duration {
+    last.filter(|w| !w.is_zero())
+        .map_or(SHARE_RETRY, |w| (w * 2).min(SHARE_RETRY_MAX))
 }
 
 /// `refresh_after`: half the lifetime, ± a random 10 % of it (SPEC §6.2).
@@ -631,16 +673,16 @@ fn validity_window(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<(i6
 
 #[cfg(test)]
 mod tests {
-    use super::{IssuedNote, Remembered};
+    use super::{Remembered, SvidNote};
 
-    fn note(expires_at: i64) -> IssuedNote {
-        IssuedNote {
+    fn note(serial: &str, expires_at: i64) -> SvidNote {
+        SvidNote {
+            serial: serial.into(),
             spiffe_id: "spiffe://example.org/w".into(),
             src: "src".into(),
             issued_at: 0,
             expires_at,
             chain: Vec::new(),
-            shared: false,
         }
     }
 
@@ -648,15 +690,15 @@ mod tests {
     fn a_full_crl_memory_waits_for_its_first_expiry_and_then_makes_room() {
         let mut r = Remembered::default();
         for (serial, expires_at) in [("a", 100), ("b", 200), ("c", 300)] {
-            assert!(r.remember(serial.into(), note(expires_at), 0, 3));
+            assert!(r.remember(note(serial, expires_at), 0, 3));
         }
         // Full, and nothing has expired: refused, and it knows until when that holds.
-        assert!(!r.remember("d".into(), note(400), 50, 3));
+        assert!(!r.remember(note("d", 400), 50, 3));
         assert_eq!(r.full_until, Some(100));
-        assert!(!r.remember("e".into(), note(400), 99, 3));
+        assert!(!r.remember(note("e", 400), 99, 3));
         assert_eq!(r.notes.len(), 3);
         // Once the earliest has expired, it is pruned and the new one kept.
-        assert!(r.remember("f".into(), note(400), 100, 3));
+        assert!(r.remember(note("f", 400), 100, 3));
         assert_eq!(r.full_until, None);
         let mut serials: Vec<_> = r.notes.keys().cloned().collect();
         serials.sort();

@@ -41,6 +41,25 @@ pub struct IssuanceRecord {
     pub expires_at: i64,
     /// The `issued` audit event.
     pub event: AuditEvent,
+    /// For an X.509-SVID, what the CRL needs to know of it.
+    pub svid: Option<SvidNote>,
+}
+
+/// An X.509-SVID we issued, as revocation sees it. The store keeps it until the SVID
+/// expires, beside the issuing broker's memory of it, so that a broker started later (a
+/// restart, or another broker on the same store) lists it on its CRL when a lineage,
+/// identity, source or cut-off revocation covers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SvidNote {
+    pub serial: String,
+    pub spiffe_id: String,
+    /// The lineage's source.
+    pub src: String,
+    /// Unix seconds.
+    pub issued_at: i64,
+    pub expires_at: i64,
+    /// The lineage: the credential ids it descends from.
+    pub chain: Vec<String>,
 }
 
 impl IdentityRecord {
@@ -107,6 +126,7 @@ mod tests {
             issued_at: at,
             expires_at: exp,
             event: AuditEvent::new(AuditEventKind::Issued, at),
+            svid: None,
         };
         let a = IdentityRecord::updated(None, &rec(10, 100));
         let b = IdentityRecord::updated(Some(a), &rec(20, 50));

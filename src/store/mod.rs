@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::SystemClock;
 use crate::config::{RevocationConfig, StoreKind};
-use crate::governance::{AuditEvent, IdentityRecord, IssuanceRecord};
+use crate::governance::{AuditEvent, IdentityRecord, IssuanceRecord, SvidNote};
 use crate::revoke::entry::{RevocationEntry, rfc3339};
 
 pub use memory::MemoryStore;
@@ -223,7 +223,8 @@ impl Store {
         dispatch!(self, s => s.take_rate_token(key, capacity, period, now_ms).await)
     }
 
-    /// Updates the inventory and appends the `issued` audit event, in one round trip.
+    /// Updates the inventory and appends the `issued` audit event (and keeps an X.509-SVID's
+    /// note), in one round trip.
     pub async fn record_issuance(&self, inv: &IssuanceRecord) -> Result<(), StoreError> {
         dispatch!(self, s => s.record_issuance(inv).await)
     }
@@ -254,6 +255,16 @@ impl Store {
             return Ok(());
         }
         dispatch!(self, s => s.add_crl_serials(serials).await)
+    }
+
+    /// The notes of X.509-SVIDs live at `now` (see [`IssuanceRecord::svid`]), at most
+    /// `limit`, the latest to expire first. The memory store keeps none: it ends with the
+    /// process, and so does every broker that could read one from it.
+    pub async fn svid_notes(&self, now: i64, limit: usize) -> Result<Vec<SvidNote>, StoreError> {
+        match self {
+            Store::Memory(_) => Ok(Vec::new()),
+            Store::Redis(s) => s.svid_notes(now, limit).await,
+        }
     }
 
     /// The shared CRL serials that have not expired at `now`, sorted; expired ones are dropped.

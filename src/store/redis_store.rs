@@ -26,12 +26,12 @@ use redis::io::tcp::TcpSettings;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError, Script};
 
-use super::redis_batch::{Record, RecordWriter};
+use super::redis_batch::{Record, RecordWriter, SetKeys};
 use super::{
     EventRead, JoinTokenRecord, MIN_REMEMBER, RevocationEvent, StoreError, parse_cursor,
     redact_url, wall_ms,
 };
-use crate::governance::{AuditEvent, IdentityRecord, IssuanceRecord};
+use crate::governance::{AuditEvent, IdentityRecord, IssuanceRecord, SvidNote};
 use crate::revoke::entry::{EntryKind, NEVER, RevocationEntry};
 
 /// Timeouts for ordinary commands: short, so a request fails fast when Redis is away.
@@ -140,6 +140,7 @@ struct Keys {
     inv_index: String,
     audit: String,
     crl: String,
+    svids: String,
 }
 
 impl Keys {
@@ -152,6 +153,7 @@ impl Keys {
             inv_index: format!("{prefix}inv:index"),
             audit: format!("{prefix}audit"),
             crl: format!("{prefix}crl:serials"),
+            svids: format!("{prefix}crl:svids"),
         }
     }
 
@@ -229,7 +231,13 @@ impl RedisStore {
         let store = Self {
             inner: Arc::new(Inner {
                 client,
-                records: RecordWriter::spawn(conn.clone(), keys.inv_index.clone()),
+                records: RecordWriter::spawn(
+                    conn.clone(),
+                    SetKeys {
+                        index: keys.inv_index.clone(),
+                        notes: keys.svids.clone(),
+                    },
+                ),
                 conn,
                 idle_blocking: Mutex::new(Vec::new()),
                 keys,
@@ -539,6 +547,13 @@ impl RedisStore {
             .arg(&inv.attestor)
             .arg("last_issued")
             .arg(inv.issued_at);
+        let note = match &inv.svid {
+            Some(note) => Some((
+                note.expires_at,
+                serde_json::to_string(note).map_err(|e| StoreError::Backend(e.to_string()))?,
+            )),
+            None => None,
+        };
         let record = Record {
             key,
             spiffe_id: inv.spiffe_id.clone(),
@@ -546,6 +561,7 @@ impl RedisStore {
             expires_at: inv.expires_at,
             fields,
             audit: self.audit_cmd(&inv.event)?,
+            note,
         };
         self.inner.records.write(record).await
     }
@@ -586,6 +602,37 @@ impl RedisStore {
         pipe.query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| map_err("add_crl_serials", e))
+    }
+
+    pub(super) async fn svid_notes(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<SvidNote>, StoreError> {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&self.inner.keys.svids)
+            .arg("+inf")
+            .arg(format!("({now}"))
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| map_err("svid_notes", e))?;
+        let total = members.len();
+        let notes: Vec<SvidNote> = members
+            .iter()
+            .filter_map(|m| serde_json::from_str(m).ok())
+            .collect();
+        if notes.len() < total {
+            tracing::warn!(
+                unreadable = total - notes.len(),
+                "skipped unreadable X.509-SVID notes"
+            );
+        }
+        Ok(notes)
     }
 
     pub(super) async fn crl_serials(&self, now: i64) -> Result<Vec<String>, StoreError> {
