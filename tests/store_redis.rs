@@ -914,12 +914,7 @@ async fn svid_notes_are_kept_for_later_brokers_until_they_expire() {
 
     // A note added later drops those expired by then; a member that is not a note is
     // skipped, not an error; a JWT's record adds none.
-    let server = p._server.as_ref().unwrap();
-    let mut raw = redis::Client::open(server.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(&p).await;
     let key = "credbroker:crl:svids";
     let _: () = redis::cmd("ZADD")
         .arg(key)

@@ -554,13 +554,7 @@ impl Broker {
             ) {}
             if !recalled {
                 if let Err(e) = self.recall_issued().await {
-                    let wait = backoff(retry);
-                    tracing::warn!(
-                        error = %e,
-                        retry_in_s = wait.as_secs(),
-                        "could not read the X.509-SVIDs noted in the store, for the CRL"
-                    );
-                    retry = Some(wait);
+                    back_off(&mut retry, &e, "read the X.509-SVIDs noted in the store");
                     continue;
                 }
                 recalled = true;
@@ -580,24 +574,20 @@ impl Broker {
                         }
                     }
                 }
-                Err(e) => {
-                    let wait = backoff(retry);
-                    tracing::warn!(
-                        error = %e,
-                        retry_in_s = wait.as_secs(),
-                        "could not share revoked SVID serials for the CRL"
-                    );
-                    retry = Some(wait);
-                }
+                Err(e) => back_off(&mut retry, &e, "share revoked SVID serials"),
             }
         }
     }
 }
 
-/// The wait before the next try, after a failure that followed a wait of `last`.
-fn backoff(last: Option<std::time::Duration>) -> std::time::Duration {
-    last.filter(|w| !w.is_zero())
-        .map_or(SHARE_RETRY, |w| (w * 2).min(SHARE_RETRY_MAX))
+/// After a failure to `what` (for the CRL), logs it and sets the wait before the next try:
+/// twice the last one, from [`SHARE_RETRY`] up to [`SHARE_RETRY_MAX`].
+fn back_off(retry: &mut Option<std::time::Duration>, e: &StoreError, what: &str) {
+    let wait = retry
+        .filter(|w| !w.is_zero())
+        .map_or(SHARE_RETRY, |w| (w * 2).min(SHARE_RETRY_MAX));
+    tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "could not {what} for the CRL");
+    *retry = Some(wait);
 }
 
 /// `refresh_after`: half the lifetime, ± a random 10 % of it (SPEC §6.2).
