@@ -89,7 +89,7 @@ struct CaState {
     anchors: Vec<TrustAnchor<'static>>,
 }
 
-/// A live X.509-SVID, as revocation sees it.
+/// An X.509-SVID this broker knows of, for the CRL.
 struct IssuedNote {
     note: SvidNote,
     /// Whether its serial is in the store's shared CRL set (a revocation covers it).
