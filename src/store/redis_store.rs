@@ -24,7 +24,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::io::tcp::TcpSettings;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError, Script};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, RedisError, Script,
+};
 
 use super::redis_batch::{Record, RecordWriter, SetKeys};
 use super::{
@@ -166,6 +168,15 @@ impl Keys {
     }
 }
 
+/// Where and how to connect. The redis crate leaves Nagle's algorithm on: on the multiplexed
+/// connection, a command or pipeline sent while another awaits its reply would be held back
+/// until that reply acknowledges it, a round trip later.
+fn connection_info(url: &str) -> Result<ConnectionInfo, RedisError> {
+    Ok(url
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true)))
+}
+
 /// Escapes Redis glob metacharacters so a prefix matches itself.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -204,14 +215,7 @@ impl RedisStore {
                 redact_url(&e.to_string())
             ))
         };
-        // The redis crate leaves Nagle's algorithm on: on the multiplexed connection, a
-        // command or pipeline sent while another awaits its reply would be held back until
-        // that reply acknowledges it, a round trip later.
-        let info = url
-            .into_connection_info()
-            .map_err(invalid)?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info).map_err(invalid)?;
+        let client = Client::open(connection_info(url).map_err(invalid)?).map_err(invalid)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -873,6 +877,19 @@ mod tests {
         assert_eq!(k.rev_match, "credbroker:{rev}:e:*");
         assert_eq!(Keys::new("a*[").rev_match, "a\\*\\[{rev}:e:*");
         assert_eq!(k.with("jt", "ab"), "credbroker:jt:ab");
+    }
+
+    #[test]
+    fn connections_send_without_waiting_for_acknowledgements() {
+        for url in [
+            "redis://127.0.0.1:6379/0",
+            "rediss://:secret@redis.example:6380",
+        ] {
+            assert!(
+                connection_info(url).unwrap().tcp_settings().nodelay(),
+                "{url}"
+            );
+        }
     }
 
     #[test]
