@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use credbroker::config::{RevocationConfig, StoreKind};
-use credbroker::governance::{AuditEvent, AuditEventKind, IssuanceRecord, SvidNote};
+use credbroker::governance::{
+    AuditEvent, AuditEventKind, IssuanceRecord, MAX_SVID_NOTES, SvidNote,
+};
 use credbroker::revoke::{
     CredentialRef, EntryKind, NEVER, RevocationEntry, RevocationMirror, Revoked, run_mirror_sync,
 };
@@ -937,6 +939,32 @@ async fn svid_notes_are_kept_for_later_brokers_until_they_expire() {
         p.other.svid_notes(t + 250, 10).await.unwrap(),
         [d.clone(), b]
     );
+    // Past the cap, the earliest to expire go (no broker would read them).
+    let mut fill = redis::cmd("ZADD");
+    fill.arg(key);
+    for i in 0..MAX_SVID_NOTES as i64 {
+        fill.arg(t + 1_000 + i).arg(format!("filler-{i}"));
+    }
+    let _: () = fill.query_async(&mut raw).await.unwrap();
+    let e = note("0e", t + 1_000_000);
+    p.store.record_issuance(&issued(&e, t + 250)).await.unwrap();
+    let (held, lowest): (usize, Vec<String>) = redis::pipe()
+        .cmd("ZCARD")
+        .arg(key)
+        .cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(0)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(held, MAX_SVID_NOTES);
+    assert_eq!(
+        lowest,
+        ["filler-1"],
+        "0b, 0d, the stranger and filler-0 went"
+    );
+    assert_eq!(p.other.svid_notes(t + 250, 1).await.unwrap(), [e]);
     // The memory store ends with its broker: nothing to keep for a later one.
     let memory = memory(10, 10).await;
     memory.store.record_issuance(&issued(&d, t)).await.unwrap();

@@ -17,16 +17,12 @@ use crate::attest::Attestation;
 use crate::attest::mtls::{self, CertError, MtlsAttestor};
 use crate::attest::x509svid::{self, OwnCa, X509SvidError};
 use crate::config::{AttestorKind, Config, CredentialType};
-use crate::governance::SvidNote;
+use crate::governance::{MAX_SVID_NOTES, SvidNote};
 use crate::issue::x509::{
     CaError, IssuedSvid, Lineage, SvidRequest, VerifiedCsr, X509Ca, is_serial,
 };
 use crate::store::StoreError;
 use crate::tls::{CertificateAttestation, PeerCertificates};
-
-/// Issued X.509-SVIDs remembered for the CRL (so lineage, identity and source revocations
-/// reach it); beyond this many live ones, new ones are not remembered (see README).
-const MAX_REMEMBERED: usize = 50_000;
 
 /// How long the CRL follower gathers mirror changes before it scans (see
 /// `Broker::share_covered_svids`).
@@ -360,18 +356,18 @@ impl Broker {
             .issued
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remember(note, now, MAX_REMEMBERED);
+            .remember(note, now, MAX_SVID_NOTES);
     }
 
     /// Remembers the live SVIDs noted in the store (issued before this process started, or
     /// by another broker), so that revocations cover them on the CRL too.
     async fn recall_issued(&self) -> Result<(), StoreError> {
         let now = self.now();
-        let notes = self.store.svid_notes(now, MAX_REMEMBERED).await?;
+        let notes = self.store.svid_notes(now, MAX_SVID_NOTES).await?;
         let mut remembered = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
         for note in notes {
             if !remembered.notes.contains_key(&note.serial) {
-                remembered.remember(note, now, MAX_REMEMBERED);
+                remembered.remember(note, now, MAX_SVID_NOTES);
             }
         }
         Ok(())

@@ -45,6 +45,12 @@ pub struct IssuanceRecord {
     pub svid: Option<SvidNote>,
 }
 
+/// How many live X.509-SVIDs a broker keeps in mind for the CRL (so that lineage, identity
+/// and source revocations reach it; beyond this many, new ones are not remembered), and
+/// how many notes the store keeps: the latest to expire, as many as a broker reads when it
+/// starts.
+pub const MAX_SVID_NOTES: usize = 50_000;
+
 /// An X.509-SVID we issued, as revocation sees it. The store keeps it until the SVID
 /// expires, beside the issuing broker's memory of it, so that a broker started later (a
 /// restart, or another broker on the same store) lists it on its CRL when a lineage,

@@ -5,4 +5,4 @@ pub mod audit;
 pub mod inventory;
 
 pub use audit::{AuditEvent, AuditEventKind, Outcome};
-pub use inventory::{IdentityRecord, IssuanceRecord, SvidNote};
+pub use inventory::{IdentityRecord, IssuanceRecord, MAX_SVID_NOTES, SvidNote};
