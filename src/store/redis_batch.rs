@@ -17,8 +17,7 @@
 //! `redis-server`'s CPU a token from 10.6 to 6.0 µs.) The notes of a batch's X.509-SVIDs,
 //! for the CRLs of brokers started later, go into their sorted set in one `ZADD`, and the
 //! expired notes (and the earliest to expire past [`MAX_SVID_NOTES`]) leave it in the same
-//! pipeline. (Sent apart, a pipeline per SVID, they cost
-//! a fifth of the SVIDs a second.)
+//! pipeline. (Sent apart, a pipeline per SVID, they cost a fifth of the SVIDs a second.)
 //!
 //! A request returns only once its record is written (or has failed), exactly as a direct
 //! write would: batching changes the commands, not the guarantee. Replies are charged per
