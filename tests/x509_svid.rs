@@ -1110,18 +1110,9 @@ async fn a_share_that_fails_is_retried_without_another_revocation() {
     let serial = serial_of(&svid);
 
     // The shared set's key holds a string: every write to it fails until it is removed.
-    let mut raw = redis::Client::open(redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_redis(&redis).await;
     let key = "credbroker:crl:serials";
-    let _: () = redis::cmd("SET")
-        .arg(key)
-        .arg("not a set")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    make_a_string(&mut raw, key).await;
     f.revoke_at(&b, json!({"spiffe_id": id})).await;
     let failed = "could not share revoked SVID serials";
     for _ in 0..100 {
@@ -1183,6 +1174,92 @@ async fn a_broker_that_restarted_still_lists_the_svids_issued_before_when_revoke
     assert!(listed.contains(&late_serial), "CRL: {listed:?}");
     assert!(listed.contains(&early_serial), "CRL: {listed:?}");
     assert!(!listed.contains(&bystander), "CRL: {listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_served_before_the_recall_lists_the_recalled_svids_while_the_share_fails() {
+    let redis = RedisServer::start();
+    let keys = KeyDir::generate();
+    let store = format!("store = \"redis\"\nredis_url = \"{}\"", redis.url);
+    let mut f = Fixture {
+        broker: BrokerProcess::start(&keys, &(base_config(&keys, &store) + &rules())),
+        http: client(&keys, None),
+        keys,
+    };
+    let id = "spiffe://example.org/host/recalled-late";
+    let serial = serial_of(&f.bootstrap(id).await.0);
+    f.broker.kill();
+    let without_ca = base_config(&f.keys, &store)
+        .replace("[x509]\nca_cert = \"ca.pem\"\nca_key = \"ca.key\"\n", "");
+    let admin = BrokerProcess::start_with(&write(&f.keys, "broker-admin.toml", &without_ca));
+    f.revoke_at(&admin, json!({"spiffe_id": id})).await;
+
+    // Both keys hold strings: the notes cannot be read back, nor a serial shared (or the
+    // shared ones read: `fail_open` serves the CRL without them).
+    let mut raw = raw_redis(&redis).await;
+    let (notes_key, shared_key) = ("credbroker:crl:svids", "credbroker:crl:serials");
+    let notes: Vec<(String, i64)> = redis::cmd("ZRANGE")
+        .arg(notes_key)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    for key in [notes_key, shared_key] {
+        make_a_string(&mut raw, key).await;
+    }
+    let fail_open = base_config(&f.keys, &format!("{store}\nfail_open = true")) + &rules();
+    f.broker = BrokerProcess::start_with(&write(&f.keys, "broker-restarted.toml", &fail_open));
+    let listed = crl_serials(&f.http, &f.broker).await;
+    assert!(
+        !listed.contains(&serial),
+        "CRL before the recall: {listed:?}"
+    );
+
+    // The notes come back; the recall (or its retry) reads them while the share still
+    // fails, and the CRL already served must not hide them until its `nextUpdate`.
+    let _: () = redis::cmd("DEL")
+        .arg(notes_key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg(notes_key)
+        .arg(notes[0].1)
+        .arg(&notes[0].0)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    // The recall is retried after 1 s, then 2 s: room for both.
+    let mut listed = Vec::new();
+    for _ in 0..3 {
+        listed = crl_soon_listing(&f.http, &f.broker, &serial).await;
+        if listed.contains(&serial) {
+            break;
+        }
+    }
+    assert!(listed.contains(&serial), "CRL after the recall: {listed:?}");
+}
+
+/// A connection of the test's own to the brokers' Redis.
+async fn raw_redis(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Replaces `key` with a string, on which every sorted-set command fails.
+async fn make_a_string(raw: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg("not a set")
+        .query_async(raw)
+        .await
+        .unwrap();
 }
 
 fn write(keys: &KeyDir, name: &str, config: &str) -> PathBuf {

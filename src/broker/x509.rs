@@ -364,11 +364,19 @@ impl Broker {
     async fn recall_issued(&self) -> Result<(), StoreError> {
         let now = self.now();
         let notes = self.store.svid_notes(now, MAX_SVID_NOTES).await?;
-        let mut remembered = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
-        for note in notes {
-            if !remembered.notes.contains_key(&note.serial) {
-                remembered.remember(note, now, MAX_SVID_NOTES);
+        let mut recalled = false;
+        {
+            let mut remembered = self.x509.issued.lock().unwrap_or_else(|e| e.into_inner());
+            for note in notes {
+                if !remembered.notes.contains_key(&note.serial) {
+                    recalled |= remembered.remember(note, now, MAX_SVID_NOTES);
+                }
             }
+        }
+        if recalled {
+            // A CRL served before could not list them, and no change to its key may follow
+            // while their share fails: the next request rebuilds it.
+            self.x509.crl.lock().unwrap_or_else(|e| e.into_inner()).key = None;
         }
         Ok(())
     }
