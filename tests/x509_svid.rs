@@ -1220,12 +1220,12 @@ async fn a_crl_served_before_the_recall_lists_the_recalled_svids_while_the_share
 
     // The notes come back; the recall (or its retry) reads them while the share still
     // fails, and the CRL already served must not hide them until its `nextUpdate`.
-    let _: () = redis::cmd("DEL")
+    // In one transaction: a recall between the two would find no notes, and not read again.
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("DEL")
         .arg(notes_key)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("ZADD")
+        .cmd("ZADD")
         .arg(notes_key)
         .arg(notes[0].1)
         .arg(&notes[0].0)
